@@ -1,0 +1,83 @@
+"""The layout of a run's folder, read back without the store.
+
+    runs/<id>/preset.yaml                     the frozen preset
+    runs/<id>/checkpoints/checkpoint-<step>/  Trainer checkpoints (adapter or model + optimizer state)
+    runs/<id>/final/                          the result: PEFT adapter or full model, with tokenizer
+    runs/<id>/metrics.jsonl                   every metric, event, checkpoint record
+    runs/<id>/run.log                         the job's log
+    runs/<id>/evals/<eval-run-id>/            evaluation results (JSON, Markdown)
+    runs/<id>/merged/<merge-run-id>/          merged models
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+PRESET_FILE = "preset.yaml"
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "final"
+METRICS_FILE = "metrics.jsonl"
+LOG_FILE = "run.log"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
+def adapter_base_model(path: str | Path) -> str | None:
+    """The base model an adapter was trained on, as PEFT recorded it."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text()).get("base_model_name_or_path")
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    run_dir: Path
+
+    @property
+    def preset_file(self) -> Path:
+        return self.run_dir / PRESET_FILE
+
+    @property
+    def final_dir(self) -> Path:
+        return self.run_dir / FINAL_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS_DIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    @property
+    def log_file(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / f"checkpoint-{step}"
+
+    def checkpoints(self) -> dict[int, Path]:
+        """Complete checkpoints on disk by step (a folder being written has no trainer_state.json yet)."""
+        found = {}
+        if self.checkpoints_dir.is_dir():
+            for child in self.checkpoints_dir.iterdir():
+                match = _CHECKPOINT_RE.match(child.name)
+                if match and (child / "trainer_state.json").is_file():
+                    found[int(match.group(1))] = child
+        return dict(sorted(found.items()))
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[max(checkpoints)] if checkpoints else None
+
+    def load_preset(self):
+        from presets import load_preset_text
+
+        return load_preset_text(self.preset_file.read_text(encoding="utf-8"), str(self.preset_file))

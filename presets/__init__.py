@@ -1,0 +1,22 @@
+"""Preset schema, YAML loading and the built-in presets. Imports nothing of tunebench."""
+
+from presets.loader import (
+    Problem,
+    PresetError,
+    apply_overrides,
+    builtin_names,
+    dump_preset,
+    find_preset_file,
+    load_preset,
+    load_preset_text,
+    resolve_paths,
+    save_user_preset,
+    validate_preset,
+)
+from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
+
+__all__ = [
+    "EvalPreset", "MergePreset", "Preset", "PresetError", "Problem", "TrainPreset",
+    "apply_overrides", "builtin_names", "dump_preset", "find_preset_file", "load_preset",
+    "load_preset_text", "resolve_paths", "save_user_preset", "validate_preset",
+]

@@ -1,0 +1,318 @@
+"""Load, validate, override and save presets.
+
+Validation reports every problem at once, each with its key path, the YAML line where the key
+stands, and for an unknown key the closest valid name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
+
+_PRESET_ADAPTER = TypeAdapter(Preset)
+_KIND_MODELS = {"train": TrainPreset, "eval": EvalPreset, "merge": MergePreset}
+WORKSPACE_TOKEN = "{workspace}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str  # dotted key path, "" for the whole document
+    message: str
+    line: int | None = None  # 1-based line in the YAML source
+
+    def __str__(self) -> str:
+        where = f"line {self.line}: " if self.line else ""
+        key = f"{self.path}: " if self.path else ""
+        return f"{where}{key}{self.message}"
+
+
+class PresetError(ValueError):
+    """A preset that cannot be used; `problems` lists every reason."""
+
+    def __init__(self, source: str, problems: list[Problem]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _key_lines(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to the 1-based line of its key."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = path + (key_node.value,)
+                lines[key_path] = key_node.start_mark.line + 1
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (index,)] = item.start_mark.line + 1
+                walk(item, path + (index,))
+
+    walk(root, ())
+    return lines
+
+
+def parse_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PresetError(source, [Problem("", f"invalid YAML: {problem}", line)]) from None
+    if data is None:
+        raise PresetError(source, [Problem("", "the preset is empty")])
+    if not isinstance(data, dict):
+        raise PresetError(source, [Problem("", f"a preset is a mapping of keys, got {type(data).__name__}")])
+    return data
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, (dict, list)):
+        return type(value).__name__
+    return repr(value)
+
+
+def _section_model(kind_model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the keys at `path` (for 'did you mean')."""
+    model: Any = kind_model
+    for part in path:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _message(error: dict, kind_model: type[BaseModel] | None, path: tuple) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        section = _section_model(kind_model, path[:-1]) if kind_model else None
+        names = list(section.model_fields) if section else []
+        aliases = [f.alias for f in section.model_fields.values() if f.alias] if section else []
+        close = difflib.get_close_matches(str(path[-1]), names + aliases, n=1, cutoff=0.5)
+        hint = f"; did you mean {'.'.join(map(str, path[:-1] + (close[0],)))}?" if close else ""
+        return f"unknown key{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in ("float_parsing", "float_type", "int_parsing", "int_type", "int_from_float"):
+        wanted = "an integer" if kind.startswith("int") else "a number"
+        return f"expected {wanted}, got {_describe(value)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false, got {_describe(value)}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"expected one of {expected}, got {_describe(value)}"
+    if kind in ("string_type",):
+        return f"expected text, got {_describe(value)}"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return message
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    # pydantic puts union-member tags ("list[str]", "literal['all-linear']", the discriminator) in locations.
+    return tuple(part for part in loc if not (isinstance(part, str) and ("[" in part or part in _KIND_MODELS)))
+
+
+def validate_preset(data: dict, source: str = "<preset>", text: str | None = None):
+    """Validate a parsed preset mapping; raise PresetError listing every problem."""
+    kind = data.get("kind", "train")
+    kind_model = _KIND_MODELS.get(kind)
+    if kind_model is None:
+        line = _key_lines(text).get(("kind",)) if text else None
+        raise PresetError(source, [Problem("kind", f'expected one of "train", "eval", "merge", got {_describe(kind)}', line)])
+    data = {"kind": kind, **data}
+    try:
+        return _PRESET_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        lines = _key_lines(text) if text else {}
+        problems: list[Problem] = []
+        seen: set[tuple[str, str]] = set()
+        for error in exc.errors():
+            loc = _clean_loc(tuple(error["loc"]))
+            message = _message(error, kind_model, loc)
+            path = ".".join(str(p) for p in loc)
+            if (path, message) in seen:
+                continue
+            seen.add((path, message))
+            line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+            problems.append(Problem(path, message, line))
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise PresetError(source, problems) from None
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """'training.lr=1e-4' -> (['training', 'lr'], 0.0001); the value is read as YAML."""
+    if "=" not in assignment:
+        raise PresetError("--set", [Problem("", f"{assignment!r} is not key.path=value")])
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise PresetError("--set", [Problem("", f"{assignment!r} has no key before '='")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of `data` with each key.path=value applied (validation happens afterwards)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for assignment in overrides or []:
+        path, value = parse_override(assignment)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+# --------------------------------------------------------------------------- files and names
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("presets") / "builtin"))
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in builtin_dir().glob("*.yaml"))
+
+
+def user_dir(workspace: str | os.PathLike) -> Path:
+    return Path(workspace) / "presets"
+
+
+def find_preset_file(name_or_path: str, workspace: str | os.PathLike | None = None) -> Path:
+    """A path, a user preset name in the workspace, or a built-in name — in that order."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if candidate.is_file():
+            return candidate
+        raise PresetError(name_or_path, [Problem("", f"no such file: {candidate}")])
+    if workspace is not None:
+        for suffix in (".yaml", ".yml"):
+            user = user_dir(workspace) / f"{name_or_path}{suffix}"
+            if user.is_file():
+                return user
+    builtin = builtin_dir() / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return builtin
+    names = builtin_names() + (sorted(p.stem for p in user_dir(workspace).glob("*.y*ml")) if workspace else [])
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known presets: {', '.join(names)}"
+    raise PresetError(name_or_path, [Problem("", f"no preset file or name {name_or_path!r}{hint}")])
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise PresetError(str(path), [Problem("", f"not UTF-8 text (byte {exc.start}); save it as UTF-8")]) from None
+    except OSError as exc:
+        raise PresetError(str(path), [Problem("", f"cannot read: {exc.strerror}")]) from None
+
+
+def load_preset_text(text: str, source: str = "<preset>", overrides: list[str] | None = None):
+    data = apply_overrides(parse_yaml(text, source), overrides)
+    return validate_preset(data, source, text if not overrides else None)
+
+
+def load_preset(name_or_path: str, workspace: str | os.PathLike | None = None, overrides: list[str] | None = None):
+    """Load and validate a preset by path or name, with --set overrides applied."""
+    path = find_preset_file(name_or_path, workspace)
+    return load_preset_text(read_text(path), str(path), overrides)
+
+
+def dump_preset(preset) -> str:
+    """YAML of a preset, every field explicit (the frozen form stored with a run)."""
+    data = preset.model_dump(mode="json", by_alias=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def save_user_preset(workspace: str | os.PathLike, name: str, text: str) -> Path:
+    """Validate, then write atomically so a failed save never leaves a half-written preset."""
+    load_preset_text(text, name)
+    target = user_dir(workspace) / f"{name}.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def _resolve_path(value: str, workspace: Path, base: Path) -> str:
+    if WORKSPACE_TOKEN in value:
+        return value.replace(WORKSPACE_TOKEN, str(workspace))
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    local = (base / path)
+    # A relative path that exists locally is a file; otherwise it may be a hub id ("org/name").
+    return str(local.resolve()) if local.exists() else value
+
+
+def resolve_paths(preset, workspace: str | os.PathLike, base: str | os.PathLike | None = None):
+    """Expand {workspace} and make local relative paths absolute, so a frozen preset runs anywhere."""
+    workspace = Path(workspace).resolve()
+    base = Path(base or os.getcwd())
+    data = preset.model_dump(mode="python", by_alias=True)
+
+    def fix(section: dict | None, keys: tuple[str, ...]):
+        if not section:
+            return
+        for key in keys:
+            value = section.get(key)
+            if isinstance(value, str):
+                section[key] = _resolve_path(value, workspace, base)
+            elif isinstance(value, list):
+                section[key] = [_resolve_path(v, workspace, base) if isinstance(v, str) else v for v in value]
+
+    fix(data.get("model"), ("path",))
+    fix(data.get("data"), ("train_files", "val_files"))
+    fix(data, ("adapter", "base_model", "output"))
+    for source in data.get("models") or []:
+        fix(source, ("path",))
+    return type(preset).model_validate(data)

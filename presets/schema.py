@@ -1,0 +1,317 @@
+"""The typed preset schema: train, eval and merge presets.
+
+Every section forbids unknown keys so a typo is an error, never a silently ignored setting.
+Field descriptions are the documentation: the README's schema table is generated from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Dtype = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _as_list(value):
+    if isinstance(value, str):
+        return [value]
+    return value
+
+
+# --------------------------------------------------------------------------- model
+
+
+class QuantizationConfig(Section):
+    mode: Literal["none", "8bit", "4bit"] = Field("none", description="bitsandbytes quantization of the base weights")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type")
+    double_quant: bool = Field(True, description="quantize the 4-bit quantization constants too (saves ~0.4 bit/param)")
+    compute_dtype: Dtype = Field("auto", description="dtype of the 4-bit matmuls; auto = the training precision")
+
+
+class ModelConfig(Section):
+    path: str = Field(..., description="local directory or hub id of the base model")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
+    dtype: Dtype = Field("auto", description="dtype the weights are loaded in; auto = bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="bitsandbytes quantization")
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="attention kernel; auto lets transformers choose"
+    )
+    trust_remote_code: bool = Field(False, description="run modelling code shipped with the model (only for models you trust)")
+
+
+# --------------------------------------------------------------------------- method
+
+MethodName = Literal[
+    "full", "freeze", "lora", "qlora", "dora", "rslora", "ia3", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"
+]
+LORA_FAMILY = ("lora", "qlora", "dora", "rslora", "adalora")
+PROMPT_FAMILY = ("prompt_tuning", "prefix_tuning", "p_tuning")
+ADAPTER_METHODS = LORA_FAMILY + ("ia3",) + PROMPT_FAMILY
+
+
+class LoraParams(Section):
+    r: int = Field(8, ge=1, description="rank of the update matrices")
+    alpha: float = Field(16, gt=0, description="scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt, or all-linear for every linear layer but the output head"
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)")
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases are trained")
+
+    @field_validator("target_modules", "modules_to_save", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return value if value == "all-linear" else _as_list(value)
+
+
+class AdaLoraParams(Section):
+    init_r: int = Field(12, ge=1, description="starting rank of every adapted matrix")
+    target_r: int = Field(8, ge=1, description="average rank after pruning")
+    tinit: int = Field(0, ge=0, description="warm-up steps before rank pruning starts")
+    tfinal: int = Field(0, ge=0, description="final steps with the rank budget fixed")
+    delta_t: int = Field(1, ge=1, description="steps between two budget allocations")
+    beta1: float = Field(0.85, description="EMA coefficient of the sensitivity")
+    beta2: float = Field(0.85, description="EMA coefficient of the uncertainty")
+    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the orthogonality regulariser")
+
+
+class FreezeParams(Section):
+    trainable_layers: int = Field(2, ge=0, description="train the last N decoder layers (ignored when trainable_modules is set)")
+    trainable_modules: list[str] = Field(default_factory=list, description="train only parameters whose name contains one of these")
+    train_embeddings: bool = Field(False, description="also train the input embeddings and the output head")
+
+    @field_validator("trainable_modules", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return _as_list(value)
+
+
+class IA3Params(Section):
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="modules whose activations are rescaled"
+    )
+    feedforward_modules: list[str] | None = Field(
+        None, description="the subset of target_modules that are feed-forward (scaled on the input); default: the MLP projections"
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return value if value == "all-linear" else _as_list(value)
+
+
+class PromptParams(Section):
+    num_virtual_tokens: int = Field(20, ge=1, description="number of learned virtual tokens")
+    init_text: str | None = Field(None, description="prompt_tuning: initialise the virtual tokens from this text")
+    encoder_hidden_size: int = Field(128, ge=1, description="p_tuning: hidden size of the prompt encoder")
+    encoder_type: Literal["MLP", "LSTM"] = Field("MLP", description="p_tuning: prompt encoder architecture")
+    prefix_projection: bool = Field(False, description="prefix_tuning: reparameterise the prefix through an MLP")
+
+
+class MethodConfig(Section):
+    name: MethodName = Field("lora", description="how the model is trained")
+    lora: LoraParams = Field(default_factory=LoraParams, description="lora, qlora, dora, rslora, adalora")
+    adalora: AdaLoraParams = Field(default_factory=AdaLoraParams, description="adalora's rank budget schedule")
+    freeze: FreezeParams = Field(default_factory=FreezeParams, description="freeze")
+    ia3: IA3Params = Field(default_factory=IA3Params, description="ia3")
+    prompt: PromptParams = Field(default_factory=PromptParams, description="prompt_tuning, prefix_tuning, p_tuning")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class ColumnMap(Section):
+    instruction: str = Field("instruction", description="alpaca: the instruction column")
+    input: str = Field("input", description="alpaca: the optional input column, appended to the instruction")
+    output: str = Field("output", description="alpaca: the answer column")
+    system: str = Field("system", description="alpaca/sharegpt: optional per-row system prompt column")
+    history: str = Field("history", description="alpaca: optional [[user, assistant], …] earlier turns")
+    conversations: str | None = Field(None, description="sharegpt/messages: the turns column; default conversations or messages")
+    tools: str = Field("tools", description="sharegpt: optional tool definitions column")
+    text: str = Field("text", description="text: the raw text column")
+
+
+class RoleTags(Section):
+    role_key: str | None = Field(None, description="key of a turn's role; default from (sharegpt) or role (messages)")
+    content_key: str | None = Field(None, description="key of a turn's text; default value (sharegpt) or content (messages)")
+    user: str | None = Field(None, description="role value of user turns; default human (sharegpt) or user (messages)")
+    assistant: str | None = Field(None, description="role value of assistant turns; default gpt (sharegpt) or assistant")
+    system: str = Field("system", description="role value of system turns")
+    function_call: str = Field("function_call", description="role value of tool calls made by the assistant")
+    observation: str = Field("observation", description="role value of tool results")
+
+
+class DataConfig(Section):
+    train_files: list[str] = Field(..., min_length=1, description="json, jsonl, csv or parquet files, or a hub dataset id")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = Field("auto", description="row format; auto detects it from the first rows")
+    columns: ColumnMap = Field(default_factory=ColumnMap, description="column names, when they differ from the format's")
+    tags: RoleTags = Field(default_factory=RoleTags, description="role keys and values of sharegpt/messages turns")
+    hub_split: str = Field("train", description="split to read from a hub dataset")
+    system_prompt: str | None = Field(None, description="system prompt for rows that have none")
+    chat_template: str | None = Field(None, description="None = the tokenizer's; a named template (chatml, llama3, qwen2, mistral, alpaca) or inline Jinja")
+    val_ratio: float = Field(0.0, ge=0, lt=1, description="share of rows held out for validation")
+    val_files: list[str] = Field(default_factory=list, description="validation files (instead of val_ratio)")
+    max_length: int = Field(1024, ge=8, description="tokens per sample; longer samples are truncated")
+    packing: bool = Field(False, description="pack several samples per row without cross-attention (position ids restart per sample)")
+    assistant_only_loss: bool = Field(True, description="only assistant turns (and their end-of-turn token) carry labels")
+    max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
+    shuffle_seed: int = Field(42, description="seed of the shuffle and of the validation split")
+
+    @field_validator("train_files", "val_files", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return _as_list(value)
+
+    @model_validator(mode="after")
+    def _one_validation_source(self):
+        if self.val_files and self.val_ratio:
+            raise ValueError("set either val_ratio or val_files, not both")
+        return self
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainingConfig(Section):
+    epochs: float = Field(3.0, gt=0, description="passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps to train; overrides epochs")
+    batch_size: int = Field(4, ge=1, description="samples per device per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, ge=0, description="peak learning rate")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = Field(
+        "cosine", description="learning-rate schedule after warmup"
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps spent warming up")
+    warmup_steps: int = Field(0, ge=0, description="warmup steps (overrides warmup_ratio when > 0)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 disables clipping")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"] = Field(
+        "adamw", description="optimizer; the 8-bit and paged ones come from bitsandbytes"
+    )
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    precision: Dtype = Field("auto", description="mixed precision: auto = bf16 where supported, fp16 with loss scaling on older GPUs, fp32 on CPU")
+    seed: int = Field(42, description="seed of initialisation, dropout and data order")
+    logging_steps: int = Field(10, ge=1, description="steps between two metric reports")
+    eval_steps: int | None = Field(None, ge=1, description="steps between evaluations; None = once per epoch when there is a validation set")
+    save_steps: int | None = Field(None, ge=1, description="steps between checkpoints; None = once per epoch")
+    keep_last: int | None = Field(3, ge=1, description="keep only the last N checkpoints (None keeps all)")
+    keep_best: bool = Field(True, description="also keep the checkpoint with the lowest eval loss")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many evaluations without a better eval loss")
+    load_best_at_end: bool = Field(False, description="the final result is the best checkpoint by eval loss, not the last")
+
+
+class DoctorConfig(Section):
+    stop_on_nan: bool = Field(True, description="stop the run when loss or grad_norm is NaN/Inf")
+    stop_on_divergence: bool = Field(False, description="stop the run when the doctor reports divergence")
+
+
+class DistributedConfig(Section):
+    strategy: Literal["single", "ddp", "fsdp", "deepspeed"] = Field("single", description="how the job spreads over processes")
+    num_processes: int = Field(1, ge=1, description="processes (GPUs) per node")
+    fsdp_sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = Field("full_shard", description="fsdp: what is sharded")
+    fsdp_wrap: Literal["transformer_layer", "size"] = Field("transformer_layer", description="fsdp: auto-wrap policy")
+    zero_stage: Literal[1, 2, 3] = Field(2, description="deepspeed: ZeRO stage")
+    offload: bool = Field(False, description="deepspeed/fsdp: offload optimizer state (and ZeRO-3 parameters) to CPU")
+    num_nodes: int = Field(1, ge=1, description="machines taking part")
+    node_rank: int = Field(0, ge=0, description="this machine's rank among the nodes")
+    main_address: str = Field("127.0.0.1", description="address of the rank-0 node")
+    main_port: int = Field(29500, ge=1, le=65535, description="port of the rank-0 node")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend; auto = nccl on GPU, gloo on CPU")
+
+
+# --------------------------------------------------------------------------- presets
+
+
+class TrainPreset(Section):
+    kind: Literal["train"] = "train"
+    name: str = Field(..., description="preset name")
+    description: str = Field("", description="one line shown in preset lists")
+    model: ModelConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+
+    @model_validator(mode="after")
+    def _method_fits_quantization(self):
+        quant = self.model.quantization.mode
+        if self.method.name == "qlora" and quant == "none":
+            # QLoRA means LoRA on a 4-bit base; say so rather than train plain LoRA silently.
+            raise ValueError("method qlora needs model.quantization.mode: 4bit (or 8bit)")
+        if quant != "none" and self.method.name in ("full", "freeze"):
+            raise ValueError(f"method {self.method.name} cannot train quantized weights: set model.quantization.mode: none or use qlora")
+        return self
+
+
+class EvalPreset(Section):
+    kind: Literal["eval"] = "eval"
+    name: str = Field(..., description="preset name")
+    description: str = Field("", description="one line shown in preset lists")
+    run: str | None = Field(None, description="run whose result is evaluated (its base, data and validation split are the defaults)")
+    checkpoint: int | None = Field(None, description="step of the run's checkpoint to evaluate; None = the final result")
+    model: ModelConfig | None = Field(None, description="base model, when no run is given")
+    adapter: str | None = Field(None, description="adapter or fine-tuned model directory, when no run is given")
+    data: DataConfig | None = Field(None, description="dataset; default the run's validation split")
+    num_samples: int = Field(50, ge=1, description="samples used for generation metrics")
+    max_new_tokens: int = Field(64, ge=1, description="generation length for generation metrics")
+    batch_size: int = Field(8, ge=1, description="batch size for eval loss")
+    compare_base: bool = Field(True, description="also evaluate the base model, side by side")
+
+    @model_validator(mode="after")
+    def _has_target(self):
+        if self.run is None and self.model is None:
+            raise ValueError("an eval preset needs run or model")
+        return self
+
+
+class MergeSource(Section):
+    path: str = Field(..., description="fine-tuned model directory (or adapter directory)")
+    weight: float = Field(1.0, description="weight of this model's task vector")
+    density: float = Field(1.0, gt=0, le=1, description="ties/dare: share of the task vector kept")
+
+
+class MergePreset(Section):
+    kind: Literal["merge"] = "merge"
+    name: str = Field(..., description="preset name")
+    description: str = Field("", description="one line shown in preset lists")
+    method: Literal["adapter", "linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"] = Field(
+        "adapter", description="adapter = fold an adapter into its base; the others merge several fine-tunes of one base"
+    )
+    run: str | None = Field(None, description="adapter merge: the run whose adapter is merged")
+    checkpoint: int | None = Field(None, description="adapter merge: the checkpoint step; None = the final adapter")
+    adapter: str | None = Field(None, description="adapter merge: adapter directory, when no run is given")
+    base_model: str | None = Field(None, description="base model (default: the adapter's base)")
+    models: list[MergeSource] = Field(default_factory=list, description="models to merge (not for adapter)")
+    t: float = Field(0.5, ge=0, le=1, description="slerp: interpolation factor (0 = first model, 1 = second)")
+    normalize: bool = Field(True, description="linear/ties/dare: divide by the sum of weights")
+    lambda_: float = Field(1.0, alias="lambda", description="task arithmetic/ties/dare: scale of the merged task vector")
+    dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the saved model")
+    tolerance: float = Field(1e-3, gt=0, description="adapter merge: largest allowed logit difference between merged and adapter model")
+    seed: int = Field(0, description="dare: seed of the random drop")
+    output: str | None = Field(None, description="output directory (default: inside the run folder)")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _sources(self):
+        if self.method == "adapter":
+            if self.run is None and self.adapter is None:
+                raise ValueError("an adapter merge needs run or adapter")
+        elif self.method == "slerp":
+            if len(self.models) != 2:
+                raise ValueError("slerp merges exactly two models")
+        elif not self.models:
+            raise ValueError(f"method {self.method} needs models")
+        if self.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties") and not self.base_model:
+            raise ValueError(f"method {self.method} needs base_model (task vectors are differences from it)")
+        return self
+
+
+Preset = Annotated[Union[TrainPreset, EvalPreset, MergePreset], Field(discriminator="kind")]

@@ -1,0 +1,67 @@
+"""`tunebench`: the TUI with no arguments, the same actions as verbs for scripts.
+
+Start-up stays light: this module imports only argparse; each verb's module imports what it needs
+inside its handler, so `tunebench ls` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module registers its verbs (see tui/commands/__init__.py).
+COMMAND_MODULES = [
+    "tui.commands.presets_cmd",
+    "tui.commands.data_cmd",
+    "tui.commands.train_cmd",
+    "tui.commands.jobs_cmd",
+    "tui.commands.doctor_cmd",
+    "tui.commands.chat_cmd",
+    "tui.commands.ckpt_cmd",
+    "tui.commands.demo_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunebench",
+        description="A terminal workbench for fine-tuning language models. Without a verb, opens the TUI.",
+    )
+    parser.add_argument("--workspace", "-w", help="workspace directory (default: $TUNEBENCH_HOME or ./.tunebench)")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a verb group not written yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None:
+        from tui.app import run_app
+
+        return run_app(args.workspace)
+    from presets import PresetError
+    from tui.commands.common import CliError, console
+
+    try:
+        return args.handler(args) or 0
+    except PresetError as exc:
+        console(stderr=True).print(f"[red]error:[/] {exc}")
+        return 2
+    except CliError as exc:
+        console(stderr=True).print(f"[red]error:[/] {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""`tunebench presets …`: list, show, copy and validate presets."""
+
+from __future__ import annotations
+
+import argparse
+
+from tui.commands.common import CliError, add_preset_args, console, load_preset_from_args, workspace
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("presets", help="list, show, copy and validate presets")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    actions.add_parser("list", help="built-in and workspace presets").set_defaults(handler=_list)
+
+    show = actions.add_parser("show", help="print a preset with every field filled in")
+    add_preset_args(show)
+    show.set_defaults(handler=_show)
+
+    validate = actions.add_parser("validate", help="check a preset and list every problem")
+    add_preset_args(validate)
+    validate.set_defaults(handler=_validate)
+
+    copy = actions.add_parser("copy", help="copy a preset into the workspace under a new name")
+    copy.add_argument("source", help="preset to copy (usually a built-in)")
+    copy.add_argument("name", help="name of the new workspace preset")
+    copy.set_defaults(handler=_copy)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from presets import builtin_names, load_preset
+    from presets.loader import user_dir
+
+    root = workspace(args).root
+    table = Table("name", "kind", "origin", "description")
+    rows = [(name, "built-in") for name in builtin_names()]
+    rows += [(p.stem, "workspace") for p in sorted(user_dir(root).glob("*.yaml"))]
+    for name, origin in rows:
+        try:
+            preset = load_preset(name if origin == "built-in" else str(user_dir(root) / f"{name}.yaml"), root)
+            table.add_row(name, preset.kind, origin, preset.description)
+        except Exception as exc:  # a broken user preset is listed, not fatal
+            table.add_row(name, "?", origin, f"[red]invalid: {str(exc).splitlines()[0]}[/]")
+    console().print(table)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from presets import dump_preset
+
+    console().print(dump_preset(load_preset_from_args(args)), markup=False)
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    preset = load_preset_from_args(args)
+    console().print(f"[green]ok[/]: {args.preset} is a valid {preset.kind} preset")
+    return 0
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from presets import find_preset_file
+    from presets.loader import read_text, save_user_preset, user_dir
+
+    root = workspace(args).root
+    target = user_dir(root) / f"{args.name}.yaml"
+    if target.exists():
+        raise CliError(f"{target} exists already; pick another name")
+    text = read_text(find_preset_file(args.source, root))
+    lines = [f"name: {args.name}" if line.startswith("name:") else line for line in text.splitlines()]
+    path = save_user_preset(root, args.name, "\n".join(lines) + "\n")
+    console().print(f"wrote {path}")
+    return 0
