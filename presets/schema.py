@@ -229,15 +229,15 @@ class DistributedConfig(Section):
 
 
 class TrainPreset(Section):
-    kind: Literal["train"] = "train"
+    kind: Literal["train"] = Field("train", description="preset kind")
     name: str = Field(..., description="preset name")
     description: str = Field("", description="one line shown in preset lists")
-    model: ModelConfig
-    method: MethodConfig = Field(default_factory=MethodConfig)
-    data: DataConfig
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    doctor: DoctorConfig = Field(default_factory=DoctorConfig)
-    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    model: ModelConfig = Field(..., description="the base model")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="what is trained")
+    data: DataConfig = Field(..., description="training and validation data")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation, evaluation and checkpointing")
+    doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="what the training doctor may stop")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-GPU and multi-node launch")
 
     @model_validator(mode="after")
     def _method_fits_quantization(self):
@@ -251,7 +251,7 @@ class TrainPreset(Section):
 
 
 class EvalPreset(Section):
-    kind: Literal["eval"] = "eval"
+    kind: Literal["eval"] = Field("eval", description="preset kind")
     name: str = Field(..., description="preset name")
     description: str = Field("", description="one line shown in preset lists")
     run: str | None = Field(None, description="run whose result is evaluated (its base, data and validation split are the defaults)")
@@ -278,7 +278,7 @@ class MergeSource(Section):
 
 
 class MergePreset(Section):
-    kind: Literal["merge"] = "merge"
+    kind: Literal["merge"] = Field("merge", description="preset kind")
     name: str = Field(..., description="preset name")
     description: str = Field("", description="one line shown in preset lists")
     method: Literal["adapter", "linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"] = Field(

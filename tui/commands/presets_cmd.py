@@ -26,6 +26,10 @@ def register(subparsers) -> None:
     copy.add_argument("name", help="name of the new workspace preset")
     copy.set_defaults(handler=_copy)
 
+    reference = actions.add_parser("reference", help="print every preset field (Markdown), or update the README's copy")
+    reference.add_argument("--update", metavar="README", help="rewrite the generated block of this README in place")
+    reference.set_defaults(handler=_reference)
+
 
 def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
@@ -72,4 +76,22 @@ def _copy(args: argparse.Namespace) -> int:
     lines = [f"name: {args.name}" if line.startswith("name:") else line for line in text.splitlines()]
     path = save_user_preset(root, args.name, "\n".join(lines) + "\n")
     console().print(f"wrote {path}")
+    return 0
+
+
+def _reference(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from presets.reference import schema_markdown, update_readme
+
+    if not args.update:
+        print(schema_markdown(), end="")
+        return 0
+    path = Path(args.update)
+    try:
+        updated = update_readme(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CliError(f"{path}: the preset-reference markers are missing") from None
+    path.write_text(updated, encoding="utf-8")
+    console().print(f"updated {path}")
     return 0
