@@ -1,0 +1,23 @@
+"""The data pipeline: files in every common format → tokens with assistant-only labels → batches.
+
+    build_datasets(data: DataConfig, tokenizer, *, seed=42) -> DataBundle(train, eval, eval_examples, report)
+    make_collator(tokenizer, *, packing, max_length) -> callable(list[dict]) -> dict[str, Tensor]
+    resolve_chat_template(tokenizer, data) -> str
+    prompt_ids(tokenizer, messages, *, chat_template=None) -> list[int]
+
+Modules: loading (files, hub), formats (detection, column/role mapping, normalisation), render
+(chat templates, prefix-derived label masks), collate (padding, packing), report (DataReport),
+build (the pipeline). torch and transformers are imported inside functions only.
+"""
+
+from engine.data.build import DataBundle, Example, build_datasets
+from engine.data.collate import batch_efficiency, make_collator, plan_packs
+from engine.data.render import IGNORE_INDEX, prompt_ids, resolve_chat_template
+from engine.data.report import DataReport, HistogramBin, LengthStats, RenderedExample
+from engine.errors import DataError
+
+__all__ = [
+    "DataBundle", "DataError", "DataReport", "Example", "HistogramBin", "IGNORE_INDEX", "LengthStats",
+    "RenderedExample", "batch_efficiency", "build_datasets", "make_collator", "plan_packs", "prompt_ids",
+    "resolve_chat_template",
+]

@@ -1,0 +1,129 @@
+"""Batching: right-padded batches, or padding-free packing of several samples per row.
+
+Packed rows carry `position_ids` that restart at 0 for every sample and NO attention_mask.
+transformers (5.x, masking_utils.find_packed_sequence_indices, called from create_causal_mask
+when attention_mask is None) reads sample boundaries from the position-id restarts and builds a
+block-diagonal causal mask for eager and sdpa; flash-attention-2 derives cu_seqlens from the same
+position ids. A 2-D attention_mask would switch that detection off, so a packed batch has none.
+Rows of unequal length are filled with a padding "sample" of its own (positions 0..k-1, labels
+-100): it attends only to itself and nothing attends to it.
+
+Each sample's first label is set to -100 inside a pack: the causal-LM loss shifts labels by one,
+so the last token of one sample would otherwise be trained to predict the first token of the next.
+Unpacked, that label is never used either, so packed and unpacked losses are the same.
+"""
+
+from __future__ import annotations
+
+from engine.data.render import IGNORE_INDEX
+
+
+def plan_packs(lengths: list[int], max_length: int) -> list[list[int]]:
+    """Indices of samples grouped into rows of at most max_length tokens (first-fit decreasing).
+    Lengths above max_length count as max_length (the collator truncates them)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        size = min(lengths[index], max_length)
+        for row, free in enumerate(room):
+            if size <= free:
+                rows[row].append(index)
+                room[row] -= size
+                break
+        else:
+            rows.append([index])
+            room.append(max_length - size)
+    return rows
+
+
+def batch_efficiency(lengths: list[int], *, batch_size: int, max_length: int, packing: bool) -> float:
+    """Useful tokens / token slots over consecutive batches of `batch_size` samples, as the collator
+    lays them out (padded to the longest sample, or packed rows padded to the longest row)."""
+    useful = slots = 0
+    for start in range(0, len(lengths), batch_size):
+        batch = [min(n, max_length) for n in lengths[start : start + batch_size]]
+        if not batch:
+            continue
+        useful += sum(batch)
+        if packing:
+            rows = plan_packs(batch, max_length)
+            slots += len(rows) * max(sum(batch[i] for i in row) for row in rows)
+        else:
+            slots += len(batch) * max(batch)
+    return useful / slots if slots else 1.0
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+class PaddingCollator:
+    """Right-padded batch: input_ids, labels (-100 on padding), attention_mask."""
+
+    def __init__(self, pad_id: int, max_length: int):
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        rows = [(f["input_ids"][: self.max_length], f["labels"][: self.max_length]) for f in features]
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (ids, labs) in enumerate(rows):
+            input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            labels[r, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+            attention_mask[r, : len(ids)] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+class PackingCollator:
+    """Packed batch: input_ids, labels, position_ids (restarting per sample); no attention_mask."""
+
+    def __init__(self, pad_id: int, max_length: int):
+        self.pad_id = pad_id
+        self.max_length = max_length
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        samples = [(f["input_ids"][: self.max_length], f["labels"][: self.max_length]) for f in features]
+        packs = plan_packs([len(ids) for ids, _ in samples], self.max_length)
+        rows = []
+        for pack in packs:
+            ids, labels, positions = [], [], []
+            for index in pack:
+                sample_ids, sample_labels = samples[index]
+                ids.extend(sample_ids)
+                labels.append(IGNORE_INDEX)
+                labels.extend(sample_labels[1:])
+                positions.extend(range(len(sample_ids)))
+            rows.append((ids, labels, positions))
+        width = max(len(ids) for ids, _, _ in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, (ids, labs, positions) in enumerate(rows):
+            n = len(ids)
+            input_ids[r, :n] = torch.tensor(ids, dtype=torch.long)
+            labels[r, :n] = torch.tensor(labs, dtype=torch.long)
+            position_ids[r, :n] = torch.tensor(positions, dtype=torch.long)
+            position_ids[r, n:] = torch.arange(width - n)  # the padding is a sample of its own
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def make_collator(tokenizer, *, packing: bool, max_length: int):
+    """callable(list of {"input_ids", "labels"}) -> dict of LongTensors.
+
+    packing=False: input_ids, labels, attention_mask (right padding to the longest sample).
+    packing=True: the batch's samples packed into as few rows of <= max_length tokens as fit,
+    with input_ids, labels and position_ids — and deliberately no attention_mask (see module doc).
+    """
+    pad_id = _pad_id(tokenizer)
+    return PackingCollator(pad_id, max_length) if packing else PaddingCollator(pad_id, max_length)

@@ -1,0 +1,348 @@
+"""Row formats: detection, column / role-tag mapping, and normalisation to one shape.
+
+Every chat format (alpaca, sharegpt, messages) becomes a list of messages with the roles
+system / user / assistant / tool, plus optional tool definitions; the text format becomes a string.
+A row that cannot be used is skipped with a short reason (counted in the report); a mapping that
+names a column no row has is a DataError naming the column and the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from engine.data.loading import RawRows
+from engine.errors import DataError
+from presets.schema import ColumnMap, DataConfig, RoleTags
+
+FORMATS = ("alpaca", "sharegpt", "messages", "text")
+TURN_COLUMNS = ("conversations", "messages")  # where sharegpt / messages keep their turns by default
+DETECT_ROWS = 5  # auto detection looks at this many leading rows
+_DEFAULT_COLUMNS = ColumnMap()
+
+
+@dataclass
+class Sample:
+    """One usable row: a conversation (chat formats) or a text (text format)."""
+
+    where: str  # "file:line" of the source row
+    messages: list[dict] = field(default_factory=list)
+    tools: list[dict] | None = None
+    text: str | None = None
+
+    def key(self) -> str:
+        """Canonical content, for duplicate and train/validation overlap counts."""
+        if self.text is not None:
+            return self.text
+        return json.dumps([self.messages, self.tools], sort_keys=True, ensure_ascii=False)
+
+
+class RowSkip(Exception):
+    """A row that is left out; `reason` is short and shared by similar rows (it is a report key)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def turns_column(raw: RawRows, columns: ColumnMap) -> str | None:
+    names = raw.columns()
+    if columns.conversations:
+        return columns.conversations if columns.conversations in names else None
+    return next((name for name in TURN_COLUMNS if name in names), None)
+
+
+def detect_format(raw: RawRows, data: DataConfig) -> tuple[str, str]:
+    """(format, how it was decided). Explicit formats are taken as given, after a column check."""
+    if data.format != "auto":
+        check_columns(raw, data.format, data)
+        return data.format, "set in the preset"
+    head = RawRows(raw.source, raw.rows[:DETECT_ROWS], raw.where[:DETECT_ROWS])
+    columns, tags = data.columns, data.tags
+    turns = turns_column(head, columns)
+    if turns is not None:
+        first_turn = next(
+            (t for row in head.rows if isinstance(row.get(turns), list) for t in row[turns] if isinstance(t, dict)), None
+        )
+        if first_turn is None:
+            first_turn = _first_turn_from_json(head.rows, turns)
+        if first_turn is not None:
+            role_key = tags.role_key
+            if role_key is not None and role_key in first_turn:
+                fmt = "messages" if role_key == "role" else "sharegpt"
+            elif "from" in first_turn and "value" in first_turn:
+                fmt = "sharegpt"
+            elif "role" in first_turn and "content" in first_turn:
+                fmt = "messages"
+            else:
+                fmt = None
+            if fmt is not None:
+                keys = "/".join(k for k in (("from", "value") if fmt == "sharegpt" else ("role", "content")))
+                how = f"detected: column {turns!r} holds turns keyed {keys} (first {len(head.rows)} rows)"
+                check_columns(raw, fmt, data)
+                return fmt, how
+    names = head.columns()
+    if columns.instruction in names and columns.output in names:
+        check_columns(raw, "alpaca", data)
+        return "alpaca", f"detected: columns {columns.instruction!r} and {columns.output!r} (first {len(head.rows)} rows)"
+    if columns.text in names:
+        check_columns(raw, "text", data)
+        return "text", f"detected: column {columns.text!r} (first {len(head.rows)} rows)"
+    raise DataError(
+        f"{raw.source}: cannot tell the data format from its columns {sorted(names)}",
+        "expected alpaca (instruction, output), sharegpt/messages (conversations or messages: a list of turns) or "
+        "text (text); set data.format and map your columns with data.columns.*",
+    )
+
+
+def _first_turn_from_json(rows: list[dict], turns: str) -> dict | None:
+    """CSV cells hold turns as JSON text."""
+    for row in rows:
+        value = row.get(turns)
+        if isinstance(value, str):
+            try:
+                parsed = json.loads(value)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
+                return parsed[0]
+    return None
+
+
+def check_columns(raw: RawRows, fmt: str, data: DataConfig) -> None:
+    """Required columns must exist; optional ones only when the preset renamed them."""
+    names = raw.columns()
+    columns = data.columns
+
+    def missing(column: str, key: str, why: str) -> DataError:
+        return DataError(
+            f"{raw.source}: column {column!r} (data.columns.{key}, {why}) is not in the file; its columns are {sorted(names)}",
+            f"set data.columns.{key} to the column that holds it, or data.format to the right format",
+        )
+
+    if fmt == "alpaca":
+        for key in ("instruction", "output"):
+            if getattr(columns, key) not in names:
+                raise missing(getattr(columns, key), key, f"the alpaca {key}")
+        optional = ("input", "system", "history")
+    elif fmt in ("sharegpt", "messages"):
+        if turns_column(raw, columns) is None:
+            if columns.conversations:
+                raise missing(columns.conversations, "conversations", f"the {fmt} turns")
+            raise DataError(
+                f"{raw.source}: no 'conversations' or 'messages' column for the {fmt} format; its columns are {sorted(names)}",
+                "set data.columns.conversations to the column that holds the list of turns",
+            )
+        optional = ("system", "tools")
+    elif fmt == "text":
+        if columns.text not in names:
+            raise missing(columns.text, "text", "the raw text")
+        optional = ()
+    else:
+        raise DataError(f"unknown data format {fmt!r}", f"use one of {', '.join(FORMATS)} or auto")
+    for key in optional:
+        if getattr(columns, key) != getattr(_DEFAULT_COLUMNS, key) and getattr(columns, key) not in names:
+            raise missing(getattr(columns, key), key, "mapped in the preset")
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], dict[str, int]]:
+    """Usable samples in file order, and the count of skipped rows by reason."""
+    convert = {"alpaca": _alpaca, "sharegpt": _turns, "messages": _turns, "text": _text}[fmt]
+    samples: list[Sample] = []
+    skipped: dict[str, int] = {}
+    turns = turns_column(raw, data.columns) if fmt in ("sharegpt", "messages") else None
+    roles = _role_map(data.tags)
+    for row, where in zip(raw.rows, raw.where):
+        try:
+            sample = convert(row, where, data, fmt=fmt, turns=turns, roles=roles)
+            if fmt != "text":
+                _finish_conversation(sample, row, data)
+        except RowSkip as skip:
+            skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
+            continue
+        samples.append(sample)
+    return samples, skipped
+
+
+def _text_value(value, what: str) -> str:
+    """A turn's or column's text: strings as they are, OpenAI content parts joined, None empty."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):  # OpenAI content parts
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in value]
+        return "".join(parts)
+    if isinstance(value, (int, float)):
+        return str(value)
+    raise RowSkip(f"{what} is a {type(value).__name__}, not text")
+
+
+def _maybe_json(value, what: str):
+    """CSV and some JSON exports keep lists as JSON text."""
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not stripped:
+            return None
+        if stripped[0] in "[{":
+            try:
+                return json.loads(stripped)
+            except json.JSONDecodeError:
+                raise RowSkip(f"{what} is not valid JSON") from None
+    return value
+
+
+def _alpaca(row: dict, where: str, data: DataConfig, **_) -> Sample:
+    columns = data.columns
+    instruction = _text_value(row.get(columns.instruction), "instruction")
+    extra = _text_value(row.get(columns.input), "input")
+    output = row.get(columns.output)
+    if output is None or (isinstance(output, str) and not output.strip()):
+        raise RowSkip("empty output")
+    output = _text_value(output, "output")
+    messages: list[dict] = []
+    history = _maybe_json(row.get(columns.history), "history")
+    if history:
+        if not isinstance(history, list):
+            raise RowSkip("history is not a list of [user, assistant] pairs")
+        for pair in history:
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise RowSkip("history is not a list of [user, assistant] pairs")
+            messages.append({"role": "user", "content": _text_value(pair[0], "history")})
+            messages.append({"role": "assistant", "content": _text_value(pair[1], "history")})
+    prompt = "\n".join(part for part in (instruction, extra) if part)
+    if not prompt.strip():
+        raise RowSkip("empty instruction")
+    messages.append({"role": "user", "content": prompt})
+    messages.append({"role": "assistant", "content": output})
+    return Sample(where=where, messages=messages)
+
+
+def _role_map(tags: RoleTags) -> dict[str, str]:
+    """Role value in the data → role (system/user/assistant/tool) or "function_call"."""
+    roles = {
+        # Standard names of both formats, so a sharegpt file written with user/assistant still loads.
+        "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+        "tool": "tool", "function": "tool", "observation": "tool", "function_call": "function_call",
+    }
+    roles.update({tags.system: "system", tags.function_call: "function_call", tags.observation: "tool"})
+    if tags.user:
+        roles[tags.user] = "user"
+    if tags.assistant:
+        roles[tags.assistant] = "assistant"
+    return roles
+
+
+def _tool_calls(value) -> list[dict] | None:
+    """sharegpt function_call values: {"name", "arguments"} (or a list of them) as JSON text."""
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return None
+    calls = parsed if isinstance(parsed, list) else [parsed]
+    out = []
+    for call in calls:
+        if not (isinstance(call, dict) and "name" in call):
+            return None
+        arguments = call.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        out.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return out
+
+
+def _turns(row: dict, where: str, data: DataConfig, *, fmt: str, turns: str, roles: dict, **_) -> Sample:
+    tags = data.tags
+    role_key = tags.role_key or ("from" if fmt == "sharegpt" else "role")
+    content_key = tags.content_key or ("value" if fmt == "sharegpt" else "content")
+    value = _maybe_json(row.get(turns), turns)
+    if not isinstance(value, list) or not value:
+        raise RowSkip(f"{turns} is not a list of turns")
+    messages: list[dict] = []
+    for turn in value:
+        if not isinstance(turn, dict):
+            raise RowSkip("a turn is not an object")
+        # A messages file may still use from/value and vice versa: fall back to the other pair.
+        if role_key not in turn:
+            alt = "role" if role_key == "from" else "from"
+            if tags.role_key is None and alt in turn:
+                role_key, content_key = alt, ("content" if alt == "role" else "value")
+            else:
+                raise RowSkip(f"a turn has no {role_key!r} key")
+        tag = turn.get(role_key)
+        role = roles.get(tag)
+        if role is None:
+            raise RowSkip(f"unknown role {tag!r} (map it with data.tags.*)")
+        content = _text_value(turn.get(content_key), "turn content")
+        if role == "function_call":
+            # Parsed calls replace the text; the renderer writes them back as JSON for templates
+            # that have no tool_calls support. Unparseable calls stay as plain assistant text.
+            calls = _tool_calls(content)
+            message = {"role": "assistant", "content": "", "tool_calls": calls} if calls else {"role": "assistant", "content": content}
+        elif role == "assistant" and turn.get("tool_calls"):  # OpenAI assistant tool calls
+            message = {"role": "assistant", "content": content, "tool_calls": [_openai_call(c) for c in turn["tool_calls"]]}
+        else:
+            message = {"role": role, "content": content}
+        messages.append(message)
+    sample = Sample(where=where, messages=messages)
+    tools = _maybe_json(row.get(data.columns.tools), "tools")
+    if tools:
+        sample.tools = _normalize_tools(tools)
+    return sample
+
+
+def _openai_call(call) -> dict:
+    if not isinstance(call, dict):
+        raise RowSkip("a tool call is not an object")
+    function = call.get("function", call)
+    if not isinstance(function, dict) or "name" not in function:
+        raise RowSkip("a tool call has no function name")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass
+    return {"type": "function", "function": {"name": function["name"], "arguments": arguments}}
+
+
+def _normalize_tools(tools) -> list[dict]:
+    if isinstance(tools, dict):
+        tools = [tools]
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise RowSkip("tools is not a list of tool definitions")
+    # The chat-template convention is {"type": "function", "function": {name, description, parameters}}.
+    return [t if "function" in t else {"type": "function", "function": t} for t in tools]
+
+
+def _text(row: dict, where: str, data: DataConfig, **_) -> Sample:
+    text = _text_value(row.get(data.columns.text), "text")
+    if not text.strip():
+        raise RowSkip("empty text")
+    return Sample(where=where, text=text)
+
+
+def _finish_conversation(sample: Sample, row: dict, data: DataConfig) -> None:
+    """System prompt (row column, else the preset's), trailing non-assistant turns, assistant check."""
+    messages = sample.messages
+    if not messages or messages[0]["role"] != "system":
+        system = row.get(data.columns.system)
+        system = system if isinstance(system, str) and system.strip() else data.system_prompt
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+    # Turns after the last assistant turn teach nothing and would only cost tokens.
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()
+    if not messages:
+        raise RowSkip("no assistant turn")
+    if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
+        raise RowSkip("empty answer")

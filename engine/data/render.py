@@ -1,0 +1,259 @@
+"""Chat templates: which one applies, rendering, and the assistant-only label mask.
+
+The mask is derived by rendering prefixes of the conversation, never by searching the rendered
+text for role markers, so it holds for any template, multi-turn included, with or without
+`{% generation %}` markers. For the assistant turn at index i:
+
+    start = len(render(messages[:i], add_generation_prompt=True))   # the prompt the model sees
+    end   = len(render(messages[:i + 1]))                            # through the turn's closing text
+
+The rendered conversation starts with both renderings when a template renders each message
+without looking ahead, so [start, end) is exactly the assistant's text plus the template's closing
+text. Templates that render the latest answer differently from the same answer in the history
+(Qwen3's <think> block) are handled by rendering the turn as history (see _answer_end); any other
+mismatch falls back to the longest common prefix and is counted in DataReport.inexact_masks.
+Inside it, tokens after the last end-of-turn token (ChatML's newline after <|im_end|>) belong to
+the scaffolding and stay unsupervised: the model learns to stop, not to emit separators.
+
+Text between answers is tokenized segment by segment, as generation sees it: the prompt is
+tokenized on its own, then the model writes the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from engine.errors import DataError
+from engine.templates import CHATML, CHATML_WITH_EOS, is_inline_template, lookup_template
+from presets.schema import DataConfig
+
+log = logging.getLogger("tunebench.data")
+IGNORE_INDEX = -100
+
+# Special tokens that close a turn in common model families (besides the tokenizer's eos).
+END_OF_TURN_TOKENS = (
+    "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>",
+    "<|end_of_text|>", "<|return|>", "<|call|>", "<｜end▁of▁sentence｜>",
+)
+_SENTINEL = "\x00tunebench-probe\x00"
+TOOLS_PREAMBLE = (
+    "You can call the following tools. To call one, answer with a JSON object "
+    '{"name": <tool name>, "arguments": <arguments object>}.\n'
+)
+
+
+@dataclass(frozen=True)
+class ResolvedTemplate:
+    text: str
+    source: str  # "the tokenizer's", "named: chatml", "inline (data.chat_template)", "fallback: ChatML"
+    warning: str | None = None
+
+
+def _tokenizer_template(tokenizer) -> str | None:
+    own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # several named templates: the default one
+        own = own.get("default") or next(iter(own.values()), None)
+    return own or None
+
+
+def _has_token(tokenizer, token: str) -> bool:
+    return any(t.content == token for t in getattr(tokenizer, "added_tokens_decoder", {}).values())
+
+
+def template_for(tokenizer, chat_template: str | None) -> ResolvedTemplate:
+    """An explicit name or inline Jinja, else the tokenizer's, else ChatML (with a warning)."""
+    if chat_template:
+        if is_inline_template(chat_template):
+            return ResolvedTemplate(chat_template, "inline (data.chat_template)")
+        try:
+            return ResolvedTemplate(lookup_template(chat_template), f"named: {chat_template.strip().lower()}")
+        except KeyError as exc:
+            raise DataError(f"data.chat_template: {exc.args[0]}", "use a named template or inline Jinja") from None
+    own = _tokenizer_template(tokenizer)
+    if own:
+        return ResolvedTemplate(own, "the tokenizer's")
+    if _has_token(tokenizer, "<|im_end|>"):
+        text, detail = CHATML, ""
+    else:
+        text, detail = CHATML_WITH_EOS, f" (its markers are plain text here; {getattr(tokenizer, 'eos_token', None)!r} closes each answer)"
+    warning = (
+        "the tokenizer has no chat template and data.chat_template is unset: using ChatML" + detail +
+        ". Set data.chat_template (chatml, llama3, qwen2, mistral, alpaca or inline Jinja) to choose one; "
+        "chat with the fine-tune must use the same template."
+    )
+    return ResolvedTemplate(text, "fallback: ChatML", warning)
+
+
+def resolve_chat_template(tokenizer, data: DataConfig) -> str:
+    """The Jinja template the data is rendered with: the preset's named or inline template, else the
+    tokenizer's, else ChatML — the fallback is logged as a warning (and listed in DataReport.warnings)."""
+    resolved = template_for(tokenizer, data.chat_template)
+    if resolved.warning:
+        log.warning(resolved.warning)
+    return resolved.text
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    ids = set()
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(tokenizer.eos_token_id)
+    for token_id, token in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if token.content in END_OF_TURN_TOKENS:
+            ids.add(token_id)
+    return ids
+
+
+def _call_text(calls: list[dict]) -> str:
+    functions = [c["function"] for c in calls]
+    return json.dumps(functions[0] if len(functions) == 1 else functions, ensure_ascii=False)
+
+
+class ChatRenderer:
+    """Renders conversations with one template and splits them into prompt / answer segments."""
+
+    def __init__(self, tokenizer, template: str):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        self._render_jinja = render_jinja_template
+        self.tokenizer = tokenizer
+        self.template = template
+        # Templates written for tools / tool calls mention them; the others get them as text.
+        self.native_tools = "tools" in template
+        self.native_tool_calls = "tool_calls" in template
+        self.special_tokens = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        self.eot_ids = end_of_turn_ids(tokenizer)
+
+    # ------------------------------------------------------------------ rendering
+
+    def prepare(self, messages: list[dict], tools: list[dict] | None) -> tuple[list[dict], list[dict] | None]:
+        """Messages as this template takes them: tool calls as text and tools in the system prompt
+        when the template has no support for them."""
+        out = []
+        for message in messages:
+            message = dict(message)
+            if message.get("tool_calls") and not self.native_tool_calls:
+                calls = message.pop("tool_calls")
+                message["content"] = (message["content"] + "\n" if message["content"] else "") + _call_text(calls)
+            out.append(message)
+        if tools and not self.native_tools:
+            listing = TOOLS_PREAMBLE + json.dumps([t["function"] for t in tools], ensure_ascii=False)
+            if out and out[0]["role"] == "system":
+                out[0] = {**out[0], "content": out[0]["content"] + "\n\n" + listing}
+            else:
+                out.insert(0, {"role": "system", "content": listing})
+            tools = None
+        return out, tools
+
+    def render(self, messages: list[dict], tools: list[dict] | None, *, add_generation_prompt: bool) -> str:
+        rendered, _ = self._render_jinja(
+            conversations=[messages],
+            tools=tools,
+            chat_template=self.template,
+            add_generation_prompt=add_generation_prompt,
+            **self.special_tokens,
+        )
+        return rendered[0]
+
+    def _render_prefix(self, messages, tools) -> str:
+        try:
+            return self.render(messages, tools, add_generation_prompt=True)
+        except Exception:
+            if messages:
+                raise
+            return ""  # some templates cannot render an empty conversation: nothing comes before it
+
+    # ------------------------------------------------------------------ segments
+
+    def segments(self, messages: list[dict], tools: list[dict] | None) -> tuple[list[tuple[str, bool]], bool]:
+        """[(text, is_answer)] covering the rendered conversation, and whether every boundary was
+        exact (False: the template renders a prefix differently from the full conversation, and the
+        boundary fell back to the longest common prefix)."""
+        full = self.render(messages, tools, add_generation_prompt=False)
+        parts: list[tuple[str, bool]] = []
+        cursor, exact = 0, True
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start, ok_start = _prefix_end(full, self._render_prefix(messages[:index], tools))
+            end, ok_end = self._answer_end(full, messages, index, tools)
+            exact = exact and ok_start and ok_end
+            start = max(start, cursor)
+            end = max(end, start)
+            if start > cursor:
+                parts.append((full[cursor:start], False))
+            if end > start:
+                parts.append((full[start:end], True))
+            cursor = end
+        if cursor < len(full):
+            parts.append((full[cursor:], False))
+        return parts, exact
+
+    def _answer_end(self, full: str, messages: list[dict], index: int, tools) -> tuple[int, bool]:
+        """Where the assistant turn at `index` (with its closing text) ends in `full`."""
+        end, exact = _prefix_end(full, self.render(messages[: index + 1], tools, add_generation_prompt=False))
+        if exact or index + 1 >= len(messages):
+            return end, exact
+        # Some templates render the latest answer differently from answers in the history (Qwen3
+        # drops the <think> block of earlier turns). Render the turn as history instead: followed by
+        # the next message with a sentinel for its text. The rendering matches `full` up to the
+        # sentinel; the next turn's header that this leaves in the span lies after the end-of-turn
+        # token and carries no label (see assemble).
+        probe = messages[: index + 1] + [{"role": messages[index + 1]["role"], "content": _SENTINEL}]
+        try:
+            rendered = self.render(probe, tools, add_generation_prompt=False)
+        except Exception:
+            return end, False
+        reach = len(os.path.commonprefix([full, rendered]))
+        if _SENTINEL in rendered and reach == rendered.index(_SENTINEL):
+            return reach, True
+        return end, False
+
+    def assemble(self, parts: list[tuple[str, bool]], token_lists: list[list[int]]) -> tuple[list[int], list[int], bool, int | None]:
+        """input_ids, labels, whether an end-of-turn token closed every answer, and that token's id."""
+        ids: list[int] = []
+        labels: list[int] = []
+        closed, eot_id = True, None
+        for (_, is_answer), tokens in zip(parts, token_lists):
+            ids.extend(tokens)
+            if not is_answer:
+                labels.extend([IGNORE_INDEX] * len(tokens))
+                continue
+            last_eot = max((i for i, t in enumerate(tokens) if t in self.eot_ids), default=-1)
+            if last_eot >= 0:
+                eot_id = tokens[last_eot] if eot_id is None else eot_id
+            else:
+                closed = False
+            supervised = last_eot + 1 if last_eot >= 0 else len(tokens)
+            labels.extend(tokens[:supervised])
+            labels.extend([IGNORE_INDEX] * (len(tokens) - supervised))
+        return ids, labels, closed, eot_id
+
+
+def _prefix_end(full: str, prefix: str) -> tuple[int, bool]:
+    if full.startswith(prefix):
+        return len(prefix), True
+    return len(os.path.commonprefix([full, prefix])), False
+
+
+def tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, without adding special tokens (templates render their own)."""
+    if not texts:
+        return []
+    # verbose=False: long samples are expected here; truncation happens afterwards, and is reported.
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+
+def prompt_ids(tokenizer, messages: list[dict], *, chat_template: str | None = None, tools: list[dict] | None = None) -> list[int]:
+    """Token ids of `messages` rendered with the generation prompt: what the model continues from.
+
+    `chat_template`: a template name, inline Jinja, or None for the tokenizer's (ChatML fallback),
+    the same resolution as training, so chat and evaluation see what training saw.
+    """
+    resolved = template_for(tokenizer, chat_template)
+    renderer = ChatRenderer(tokenizer, resolved.text)
+    prepared, tools = renderer.prepare(messages, tools)
+    text = renderer.render(prepared, tools, add_generation_prompt=True)
+    return tokenize_many(tokenizer, [text])[0]

@@ -1,0 +1,109 @@
+"""DataReport: what the data pipeline read, kept, dropped and how the samples look in tokens.
+
+`tunebench data` prints it and the doctor builds its data findings from it, so every field is
+explicit and documented here. Token counts are of the training split unless a field says otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class LengthStats:
+    """Tokens per training sample as rendered, before truncation."""
+
+    min: int = 0
+    median: int = 0
+    p95: int = 0
+    max: int = 0
+    mean: float = 0.0
+
+    @classmethod
+    def of(cls, lengths: list[int]) -> "LengthStats":
+        if not lengths:
+            return cls()
+        ordered = sorted(lengths)
+
+        def quantile(q: float) -> int:
+            return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+        return cls(ordered[0], quantile(0.5), quantile(0.95), ordered[-1], sum(ordered) / len(ordered))
+
+
+@dataclass
+class HistogramBin:
+    lo: int  # inclusive
+    hi: int  # exclusive
+    count: int
+
+
+def histogram(lengths: list[int], bins: int = 12) -> list[HistogramBin]:
+    """At most `bins` equal-width bins of a "nice" width (1, 2 or 5 × 10^k), from the bin holding
+    the shortest sample to the one holding the longest."""
+    if not lengths:
+        return []
+    low, top = min(lengths), max(lengths) + 1
+    raw_width = max(1.0, (top - low) / bins)
+    magnitude = 10 ** math.floor(math.log10(raw_width))
+    width = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw_width)
+    first = low // width
+    count = math.ceil(top / width) - first
+    out = [HistogramBin((first + i) * width, (first + i + 1) * width, 0) for i in range(count)]
+    for n in lengths:
+        out[n // width - first].count += 1
+    return out
+
+
+@dataclass
+class RenderedExample:
+    """One training sample as the model sees it."""
+
+    where: str  # source file:line
+    tokens: list[str]  # each token decoded on its own
+    supervised: list[bool]  # per token: does it carry a label
+    segments: list[tuple[str, bool]]  # runs of tokens with the same flag, decoded together (for display)
+    truncated: bool
+
+
+@dataclass
+class DataReport:
+    files: list[str] = field(default_factory=list)  # training sources
+    val_files: list[str] = field(default_factory=list)  # validation sources (empty with val_ratio)
+    rows_read: int = 0  # rows in the training sources
+    val_rows_read: int = 0  # rows in the validation files
+    format: str = ""  # alpaca | sharegpt | messages | text ("mixed: …" when files differ)
+    format_detection: str = ""  # how the format was decided, per file
+    chat_template: str = ""  # where the template came from: the tokenizer's | named: x | inline | fallback: ChatML | none
+    assistant_only_loss: bool = True
+    warnings: list[str] = field(default_factory=list)  # things a user must hear about (ChatML fallback, …)
+    dropped: dict[str, int] = field(default_factory=dict)  # training rows left out, by reason
+    val_dropped: dict[str, int] = field(default_factory=dict)  # validation rows left out, by reason
+    limited: int = 0  # training rows beyond data.max_samples
+    train_samples: int = 0
+    eval_samples: int = 0
+    max_length: int = 0
+    length: LengthStats = field(default_factory=LengthStats)
+    histogram: list[HistogramBin] = field(default_factory=list)  # of the lengths in `length`
+    truncated: int = 0  # training samples longer than max_length (cut, or dropped when no label survived)
+    truncated_share: float = 0.0  # truncated / samples tokenized
+    total_tokens: int = 0  # training tokens after truncation
+    supervised_tokens: int = 0  # of those, tokens that carry a label (and are predicted: the first never is)
+    supervised_share: float = 0.0
+    packing: bool = False  # data.packing
+    efficiency_batch_size: int = 8  # batch size the two efficiencies below are computed at
+    padding_efficiency: float = 0.0  # useful tokens / slots with right-padded batches
+    packing_efficiency: float = 0.0  # useful tokens / slots with packed batches
+    duplicates: int = 0  # training samples identical to an earlier one
+    train_val_overlap: int = 0  # validation samples identical to a training sample
+    template_has_eos_after_assistant: bool | None = None  # None: text format (eos appended to each text)
+    end_of_turn_token: str | None = None  # the token that closes answers, when there is one
+    inexact_masks: int = 0  # samples whose template renders prefixes differently (boundary approximated)
+    example: RenderedExample | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def dropped_total(self) -> int:
+        return sum(self.dropped.values())

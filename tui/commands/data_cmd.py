@@ -1,0 +1,124 @@
+"""`tunebench data PRESET`: what the training data looks like once loaded, rendered and masked."""
+
+from __future__ import annotations
+
+import argparse
+
+from tui.commands.common import CliError, add_preset_args, console, load_preset_from_args, workspace
+
+EXAMPLE_TOKENS = 600  # the rendered example is cut after this many tokens
+HISTOGRAM_WIDTH = 40
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data", help="load a train preset's data and report on it (formats, drops, lengths, label mask)"
+    )
+    add_preset_args(parser)
+    # Also after the verb (`tunebench data demo -w ws`); SUPPRESS keeps the global value when absent.
+    parser.add_argument("--workspace", "-w", default=argparse.SUPPRESS, help="workspace directory")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
+    parser.set_defaults(handler=_data)
+
+
+def _data(args: argparse.Namespace) -> int:
+    import logging
+
+    from presets import resolve_paths
+
+    # The report lists the pipeline's warnings; without a handler Python would print them twice.
+    logging.getLogger("tunebench.data").addHandler(logging.NullHandler())
+
+    preset = resolve_paths(load_preset_from_args(args, kind="train"), workspace(args).root)
+    from engine.data import build_datasets
+    from engine.errors import EngineError
+    from engine.models import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(preset.model)
+        bundle = build_datasets(preset.data, tokenizer, seed=preset.training.seed)
+    except EngineError as exc:  # DataError included: names the file, line or key
+        raise CliError(str(exc)) from None
+    report = bundle.report
+    out = console()
+    if args.json:
+        import json
+        import sys
+
+        # Plain stdout: Rich would wrap long lines, and JSON strings cannot hold raw newlines.
+        sys.stdout.write(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        return 0
+    _print_report(out, preset.name, report, preset.training.batch_size)
+    return 0
+
+
+def _share(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def _print_report(out, name: str, report, batch_size: int) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    out.print(Text.assemble(("data of preset ", "bold"), (name, "bold cyan")))
+    out.print(f"  files: {', '.join(report.files)}" + (f"  (validation: {', '.join(report.val_files)})" if report.val_files else ""))
+    out.print(f"  format: [bold]{report.format}[/] — {report.format_detection}")
+    out.print(f"  chat template: {report.chat_template}" + ("" if report.assistant_only_loss else "  (loss on every token)"))
+    for warning in report.warnings:
+        out.print(Text("  warning: " + warning, style="yellow"))
+
+    counts = Table(title="counts", title_justify="left", show_header=False, box=None, padding=(0, 2))
+    counts.add_column(style="bold")
+    counts.add_column(justify="right")
+    counts.add_row("rows read", str(report.rows_read) + (f" (+{report.val_rows_read} validation)" if report.val_rows_read else ""))
+    counts.add_row("training samples", str(report.train_samples))
+    counts.add_row("validation samples", str(report.eval_samples))
+    for reason, n in sorted(report.dropped.items(), key=lambda kv: -kv[1]):
+        counts.add_row(Text(f"dropped: {reason}", style="red"), str(n))
+    for reason, n in sorted(report.val_dropped.items(), key=lambda kv: -kv[1]):
+        counts.add_row(Text(f"validation dropped: {reason}", style="red"), str(n))
+    if report.limited:
+        counts.add_row("left out by data.max_samples", str(report.limited))
+    counts.add_row("truncated to max_length", f"{report.truncated} ({_share(report.truncated_share)}) at {report.max_length}")
+    counts.add_row("tokens", f"{report.total_tokens:,}")
+    counts.add_row("supervised tokens", f"{report.supervised_tokens:,} ({_share(report.supervised_share)})")
+    active = "packing" if report.packing else "padding"
+    counts.add_row(f"padding efficiency (batch {report.efficiency_batch_size})",
+                   _share(report.padding_efficiency) + ("  ← in use" if active == "padding" else ""))
+    counts.add_row(f"packing efficiency (batch {report.efficiency_batch_size})",
+                   _share(report.packing_efficiency) + ("  ← in use" if active == "packing" else ""))
+    counts.add_row("duplicate samples", str(report.duplicates))
+    counts.add_row("validation rows also in training", str(report.train_val_overlap))
+    if report.template_has_eos_after_assistant is not None:
+        eos = report.template_has_eos_after_assistant
+        counts.add_row("end-of-turn token after answers",
+                       Text(f"yes ({report.end_of_turn_token})" if eos else "NO", style="green" if eos else "red"))
+    out.print(counts)
+
+    stats = report.length
+    out.print(f"\n[bold]tokens per sample[/] (before truncation): min {stats.min}  median {stats.median}  "
+              f"p95 {stats.p95}  max {stats.max}  mean {stats.mean:.0f}")
+    top = max((b.count for b in report.histogram), default=0)
+    for b in report.histogram:
+        bar = "█" * (round(b.count / top * HISTOGRAM_WIDTH) if top else 0)
+        style = "red" if b.lo >= report.max_length else "cyan"
+        label = f"{b.lo:>6}" + (f"–{b.hi - 1:<6}" if b.hi - 1 > b.lo else " " * 7)
+        out.print(Text.assemble(f"  {label} ", (bar, style), f" {b.count}"))
+    if any(b.lo >= report.max_length for b in report.histogram):
+        out.print(Text(f"  red: at or beyond max_length {report.max_length} (truncated)", style="red"))
+
+    example = report.example
+    if example is not None:
+        out.print(Text.assemble(
+            ("\nrendered example", "bold"), f" ({example.where}; ", ("supervised", "bold black on green"),
+            ", ", ("not supervised", "dim"), ")" + (", truncated" if example.truncated else "") + ":"))
+        highlight = {True: "bold black on green", False: "dim"}
+        text = Text()
+        if len(example.tokens) <= EXAMPLE_TOKENS:
+            for segment, supervised in example.segments:
+                text.append(segment, style=highlight[supervised])
+        else:  # long samples would fill the screen: the first tokens only
+            for token, supervised in zip(example.tokens[:EXAMPLE_TOKENS], example.supervised):
+                text.append(token, style=highlight[supervised])
+            text.append(f" … ({len(example.tokens) - EXAMPLE_TOKENS} more tokens)", style="italic")
+        out.print(text)
