@@ -38,7 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    _accept_workspace_after_verb(subparsers)
     return parser
+
+
+def _accept_workspace_after_verb(subparsers) -> None:
+    """Let `tunebench VERB … -w DIR` work as well as `tunebench -w DIR VERB …`."""
+    for sub in subparsers.choices.values():
+        if not any("--workspace" in action.option_strings for action in sub._actions):
+            # SUPPRESS: an absent option leaves the global one in place.
+            sub.add_argument("--workspace", "-w", default=argparse.SUPPRESS, help="workspace directory")
+        for action in sub._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_workspace_after_verb(action)
 
 
 def main(argv: list[str] | None = None) -> int:

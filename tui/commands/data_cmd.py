@@ -16,7 +16,6 @@ def register(subparsers) -> None:
     )
     add_preset_args(parser)
     # Also after the verb (`tunebench data demo -w ws`); SUPPRESS keeps the global value when absent.
-    parser.add_argument("--workspace", "-w", default=argparse.SUPPRESS, help="workspace directory")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     parser.set_defaults(handler=_data)
 

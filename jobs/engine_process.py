@@ -1,0 +1,528 @@
+"""The engine: a Huey consumer that runs the workspace's jobs, one at a time per GPU.
+
+    tunebench engine start    detached (own session, engine.pid, engine.log); survives the terminal
+    tunebench engine run      the same in the foreground
+    tunebench engine stop     SIGTERM: running jobs checkpoint and end `interrupted`, then it exits
+    tunebench engine status   EngineStatus(running, pid, gpus, current_run, queue_length)
+
+One Huey worker thread per visible GPU (one on a CPU-only machine). A worker takes a run id off
+the queue, asks the GPU scheduler (jobs/gpus.py) for the GPUs the run needs (one; N for a
+distributed preset; a CPU slot on a CPU-only machine), claims the run (queued → running,
+atomically, so a racing cancel either wins or becomes a stop request) and runs its body in a fresh
+`python -m jobs.worker RUN_ID` process pinned with CUDA_VISIBLE_DEVICES: when that process exits,
+all of its GPU memory is released. The engine itself never imports torch.
+
+"Is an engine running?" is answered by an flock on `engine.lock`, which the kernel releases however
+the engine dies, so a stale pid file never fools it. At start, runs left `running` by an engine
+that died are marked `interrupted` (with their last checkpoint), and queued runs whose task the
+dead engine had taken off the queue are enqueued again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huey.consumer import Consumer, ConsumerStopped
+
+from jobs.gpus import GpuRequestError, GpuScheduler, cuda_visible_devices, gpus_needed
+from jobs.queue import JobQueue, consumer_options
+from jobs.store import Store, open_store
+from jobs.workspace import Workspace, resolve_workspace
+
+log = logging.getLogger("tunebench.engine")
+
+LOCK_NAME = "engine.lock"
+INFO_NAME = "engine.json"
+START_TIMEOUT = 30.0
+# How long a job may take to write its checkpoint and exit after SIGTERM before it is killed.
+JOB_STOP_TIMEOUT = 600.0
+
+
+class EngineError(Exception):
+    """The engine cannot be started or stopped; the message says why and where to look."""
+
+
+@dataclass
+class EngineStatus:
+    running: bool
+    pid: int | None = None
+    gpus: list[str] = field(default_factory=list)
+    current_run: str | None = None
+    queue_length: int = 0
+    current_runs: list[str] = field(default_factory=list)  # one per busy GPU; current_run is the first
+    started_at: float | None = None
+
+    def describe(self) -> str:
+        if not self.running:
+            return f"engine not running; {self.queue_length} queued"
+        devices = ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU"
+        busy = ", ".join(self.current_runs) if self.current_runs else "idle"
+        return f"engine running (pid {self.pid}, {devices}): {busy}; {self.queue_length} queued"
+
+
+# --------------------------------------------------------------------------- GPUs
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: CUDA_VISIBLE_DEVICES when set, else every device NVML sees.
+
+    NVML (nvidia-ml-py) rather than torch: the engine stays light and never holds a CUDA context.
+    """
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no driver, no library: a CPU machine
+        return []
+
+
+# --------------------------------------------------------------------------- lock and status
+
+
+def _lock_path(ws: Workspace) -> Path:
+    return ws.root / LOCK_NAME
+
+
+def _info_path(ws: Workspace) -> Path:
+    return ws.root / INFO_NAME
+
+
+def _engine_alive(ws: Workspace) -> bool:
+    path = _lock_path(ws)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _read_info(ws: Workspace) -> dict:
+    try:
+        return json.loads(_info_path(ws).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def engine_status(ws: Workspace, store: Store | None = None) -> EngineStatus:
+    store = store or open_store(ws)
+    queued = store.count_runs("queued")
+    if not _engine_alive(ws):
+        return EngineStatus(False, queue_length=queued)
+    info = _read_info(ws)
+    pid = info.get("pid")
+    current = [r.id for r in store.list_runs(states=["running"]) if pid is None or r.engine_pid == pid]
+    current.reverse()  # oldest first
+    return EngineStatus(True, pid, list(info.get("gpus", [])), current[0] if current else None, queued, current,
+                        info.get("started_at"))
+
+
+# --------------------------------------------------------------------------- start / stop
+
+# The folder our packages live in (the checkout, or site-packages).
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def python_module(module: str, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
+    """Command and environment that run `python -m module` with our packages, whatever the cwd.
+
+    `-P` keeps the cwd off sys.path: a workspace holds a `presets/` folder, which would otherwise
+    shadow the `presets` package as a namespace package.
+    """
+    env = dict(os.environ if env is None else env)
+    paths = [str(PACKAGE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(PACKAGE_ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return [sys.executable, "-P", "-m", module, *args], env
+
+
+_launched: list[subprocess.Popen] = []  # engines this process started, reaped when they exit
+
+
+def start_engine(ws: Workspace, *, timeout: float = START_TIMEOUT) -> EngineStatus:
+    """Start a detached engine for the workspace (if none runs) and wait until it holds its lock."""
+    ws.ensure()
+    for proc in list(_launched):
+        if proc.poll() is not None:
+            _launched.remove(proc)
+    status = engine_status(ws)
+    if status.running:
+        return status
+    command, env = python_module("jobs.engine_process", "run", "--workspace", str(ws.root))
+    with open(ws.engine_log, "ab") as log_file:
+        # Its own session: no controlling terminal, so closing the SSH session sends it no SIGHUP.
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True, cwd=str(ws.root), env=env)
+    _launched.append(proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _engine_alive(ws) and _read_info(ws).get("pid"):
+            return engine_status(ws)
+        if proc.poll() is not None and not _engine_alive(ws):
+            if proc.returncode == EXIT_ALREADY_RUNNING:
+                continue  # another submitter started one a moment ago: it will show up
+            raise EngineError(f"the engine exited at start (code {proc.returncode}); see {ws.engine_log}:\n"
+                              + _tail(ws.engine_log))
+        time.sleep(0.02)
+    raise EngineError(f"the engine did not come up within {timeout:.0f} s; see {ws.engine_log}")
+
+
+def stop_engine(ws: Workspace, *, timeout: float = JOB_STOP_TIMEOUT) -> bool:
+    """SIGTERM the engine and wait until it has exited (its jobs checkpoint first). False if none ran."""
+    if not _engine_alive(ws):
+        return False
+    pid = _read_info(ws).get("pid")
+    if not pid:
+        raise EngineError(f"an engine holds {_lock_path(ws)} but wrote no pid to {_info_path(ws)}")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _engine_alive(ws):
+            return True
+        time.sleep(0.05)
+    raise EngineError(f"the engine (pid {pid}) is still stopping after {timeout:.0f} s; see {ws.engine_log}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------- the engine
+
+EXIT_ALREADY_RUNNING = 3
+
+
+def _process_cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        try:
+            import psutil
+
+            return psutil.Process(pid).cmdline()
+        except Exception:
+            return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_job_process(pid: int | None, run_id: str) -> bool:
+    """Is `pid` a live `jobs.worker` process of this run (and not a reused pid)?"""
+    if not pid:
+        return False
+    cmdline = _process_cmdline(pid)
+    return bool(cmdline) and "jobs.worker" in cmdline and run_id in cmdline
+
+
+def last_checkpoint(store: Store, ws: Workspace, run_id: str) -> tuple[int, str] | None:
+    """(step, path) of the run's latest complete checkpoint, from the store or, failing that, the disk."""
+    from engine.artifacts import RunArtifacts  # pure Python: reads the run folder layout
+
+    rows = {row.step: row.path for row in store.list_checkpoints(run_id) if Path(row.path).exists()}
+    rows.update({step: str(path) for step, path in RunArtifacts(ws.run_dir(run_id)).checkpoints().items()})
+    if not rows:
+        return None
+    step = max(rows)
+    return step, rows[step]
+
+
+class Engine:
+    def __init__(self, ws: Workspace):
+        self.ws = ws.ensure()
+        self.store = open_store(ws)
+        self.queue = JobQueue(ws, executor=self.execute)
+        self.gpus = visible_gpus()
+        self.scheduler = GpuScheduler(self.gpus, cpu_slots=1)
+        self.workers = max(1, len(self.gpus))
+        self.stopping = threading.Event()
+        self.children: dict[str, subprocess.Popen] = {}
+        self._children_lock = threading.Lock()
+        self._lock_fd: int | None = None
+        self._replaced_checked = 0.0
+
+    # ----------------------------------------------------------------- lifetime
+
+    def acquire(self, wait: float = 3.0) -> bool:
+        """Take the workspace's engine lock (a status probe may hold it for a moment)."""
+        fd = os.open(_lock_path(self.ws), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
+        self._lock_fd = fd
+        info = {"pid": os.getpid(), "gpus": self.gpus, "started_at": time.time(), "log": str(self.ws.engine_log)}
+        _write_atomic(_info_path(self.ws), json.dumps(info))
+        _write_atomic(self.ws.engine_pid, f"{os.getpid()}\n")
+        return True
+
+    def workspace_replaced(self) -> bool:
+        """Was our workspace deleted (or deleted and made anew) under us? Checked at most once a second."""
+        now = time.monotonic()
+        if self._lock_fd is None or now - self._replaced_checked < 1.0:
+            return False
+        self._replaced_checked = now
+        try:
+            return os.stat(_lock_path(self.ws)).st_ino != os.fstat(self._lock_fd).st_ino
+        except FileNotFoundError:
+            return True
+
+    def release(self) -> None:
+        for path in (self.ws.engine_pid, _info_path(self.ws)):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+
+    def run(self) -> int:
+        if not self.acquire():
+            log.error("an engine is already running for %s", self.ws.root)
+            return EXIT_ALREADY_RUNNING
+        try:
+            log.info("engine %s for %s on %s", os.getpid(), self.ws.root,
+                     ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU")
+            self.recover()
+            consumer = _EngineConsumer(self, self.queue.huey, **consumer_options(self.workers))
+            consumer.run()
+            log.info("engine stopped")
+            return 0
+        finally:
+            self.release()
+
+    # ----------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        """Settle what a previous engine left behind (it died: we hold the lock now)."""
+        for run in self.store.list_runs(states=["running"]):
+            if is_job_process(run.worker_pid, run.id):
+                # An orphaned job of a killed engine: let it checkpoint and end itself.
+                log.warning("run %s: its job process %s outlived the engine; interrupting it", run.id, run.worker_pid)
+                self._terminate(run.worker_pid, run.id)
+            run = self.store.get_run(run.id)
+            if run is not None and run.state == "running":
+                self._mark_interrupted(run.id, "the engine stopped while this run was running")
+        pending = set(self.queue.pending_run_ids())
+        for run in reversed(self.store.queued_runs()):
+            if run.id not in pending:
+                log.info("run %s: queued but not in the queue (taken by a stopped engine); enqueued again", run.id)
+                self.queue.enqueue(run.id, run.priority)
+
+    def _terminate(self, pid: int, run_id: str) -> None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + JOB_STOP_TIMEOUT
+        while is_job_process(pid, run_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if is_job_process(pid, run_id):
+            os.kill(pid, signal.SIGKILL)
+
+    def _mark_interrupted(self, run_id: str, why: str) -> None:
+        checkpoint = last_checkpoint(self.store, self.ws, run_id)
+        if checkpoint is None:
+            advice = f"no checkpoint was saved: `tunebench retry {run_id}` starts it again"
+        else:
+            step, path = checkpoint
+            if step not in {row.step for row in self.store.list_checkpoints(run_id)}:
+                self.store.add_checkpoint(run_id, step, path, {})  # written, but the job died before reporting it
+            why += f"; last checkpoint at step {step}"
+            advice = f"`tunebench resume {run_id}` continues from step {step}"
+        self.store.set_state(run_id, "interrupted", error=why, advice=advice, expect="running")
+
+    # ----------------------------------------------------------------- jobs
+
+    def _gpus_needed(self, run) -> int:
+        if run.dry_run:
+            return 1 if self.gpus else 0
+        from presets import load_preset_text
+
+        return gpus_needed(load_preset_text(run.preset_yaml, run.id), machine_has_gpus=bool(self.gpus))
+
+    def execute(self, run_id: str) -> None:
+        """The body of the Huey task: get the run its GPUs, claim it, run its job process to the end."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state != "queued":
+            log.info("run %s: %s; skipped", run_id, "removed" if run is None else run.state)
+            return
+        if self.stopping.is_set():
+            self.queue.enqueue(run_id, run.priority)  # for the next engine
+            return
+        try:
+            count = self._gpus_needed(run)
+            self.scheduler.check(count)
+        except (GpuRequestError, ValueError) as exc:  # ValueError: a frozen preset that no longer validates
+            self.store.set_state(run_id, "failed", error=str(exc), expect="queued")
+            return
+
+        def given_up() -> bool:
+            current = self.store.get_run(run_id)
+            return self.stopping.is_set() or current is None or current.state != "queued"
+
+        gpus = self.scheduler.acquire(run_id, count, priority=run.priority, cancelled=given_up, poll_s=0.1)
+        if gpus is None:
+            if self.stopping.is_set():
+                self.queue.enqueue(run_id, run.priority)
+            return
+        try:
+            if self.store.set_state(run_id, "running", expect="queued"):
+                try:
+                    self._run_job(run_id, gpus)
+                except Exception as exc:  # e.g. the job process could not be started
+                    log.exception("run %s: the engine could not run the job", run_id)
+                    self.store.set_state(run_id, "failed", error=f"the engine could not run the job: {exc}",
+                                         advice=f"see {self.ws.engine_log}", expect="running")
+            else:
+                log.info("run %s: cancelled before it started", run_id)
+        finally:
+            self.scheduler.release(run_id)
+
+    def _run_job(self, run_id: str, gpus: list[str]) -> None:
+        self.store.update_run(run_id, engine_pid=os.getpid(), gpu=",".join(gpus) or "cpu")
+        run_dir = self.ws.run_dir(run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        command, env = python_module("jobs.worker", run_id, "--workspace", str(self.ws.root),
+                                     "--engine-pid", str(os.getpid()))
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.gpus:  # a CPU-only machine keeps its environment as it is
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(gpus)
+        log.info("run %s: starting on %s", run_id, f"GPU {','.join(gpus)}" if gpus else "CPU")
+        with open(run_dir / "run.log", "ab") as log_file:
+            proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=env, cwd=str(run_dir), close_fds=True)
+        with self._children_lock:
+            self.children[run_id] = proc
+        self.store.update_run(run_id, worker_pid=proc.pid)
+        if self.stopping.is_set():  # the stop came while we were spawning: it did not reach this child
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+        with self._children_lock:
+            self.children.pop(run_id, None)
+        self._settle(run_id, code)
+
+    def _settle(self, run_id: str, code: int) -> None:
+        """A job process exited: a run it left `running` ended abnormally."""
+        run = self.store.get_run(run_id)
+        if run is None or run.state != "running":
+            log.info("run %s: %s", run_id, run.state if run else "removed")
+            return
+        log_path = self.ws.run_dir(run_id) / "run.log"
+        if self.stopping.is_set() or code in (-signal.SIGTERM, -signal.SIGKILL):
+            self._mark_interrupted(run_id, f"the job process ended without finishing (exit code {code})")
+        else:
+            self.store.set_state(run_id, "failed", error=f"the job process exited with code {code} before it finished",
+                                 advice=f"see {log_path}", expect="running")
+        log.warning("run %s: job process exited with code %s", run_id, code)
+
+    def interrupt_children(self) -> None:
+        with self._children_lock:
+            children = list(self.children.items())
+        for run_id, proc in children:
+            if proc.poll() is None:
+                log.info("run %s: asking the job to checkpoint and stop", run_id)
+                proc.send_signal(signal.SIGTERM)
+
+
+class _EngineConsumer(Consumer):
+    """Huey's consumer with the engine's shutdown: SIGTERM, SIGINT and SIGHUP all stop it once the
+    running jobs have checkpointed (Huey would restart on SIGHUP, and with thread workers it
+    cannot interrupt a job that runs in another process)."""
+
+    def __init__(self, engine: Engine, huey, **options):
+        self.engine = engine
+        super().__init__(huey, **options)
+
+    def _set_signal_handlers(self):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._handle_signal)
+
+    def _handle_signal(self, signum, frame):
+        self._signum = signum
+        self._restart, self._graceful = False, True
+
+    def loop(self, health_check_ts=None):
+        if self.engine.workspace_replaced():
+            log.warning("the workspace %s was removed or replaced: stopping", self.engine.ws.root)
+            self.stop()
+            raise ConsumerStopped
+        return super().loop(health_check_ts)
+
+    def stop(self, graceful=False):
+        self.engine.stopping.set()
+        self.stop_flag.set()
+        self.engine.interrupt_children()
+        deadline = time.monotonic() + JOB_STOP_TIMEOUT
+        for _, thread in self.worker_threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        with self.engine._children_lock:
+            stuck = list(self.engine.children.values())
+        for proc in stuck:  # did not stop in time: the next engine marks its run interrupted
+            proc.kill()
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run_engine(ws: Workspace) -> int:
+    """Run the engine in this process until SIGTERM/SIGINT/SIGHUP (foreground `tunebench engine run`)."""
+    configure_logging()
+    return Engine(ws).run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.engine_process")
+    parser.add_argument("action", choices=["run"])
+    parser.add_argument("--workspace", "-w")
+    args = parser.parse_args(argv)
+    return run_engine(resolve_workspace(args.workspace))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,751 @@
+"""The run store: `tunebench.db`, the one place runs, metrics, events and checkpoints are kept.
+
+SQLite in WAL mode so the TUI reads while the engine writes; every write is a short
+`BEGIN IMMEDIATE` transaction (so two writers queue on the busy timeout instead of failing to
+upgrade a read lock). One connection per thread and per process: the TUI's worker threads, the
+engine's worker threads and the job process each get their own.
+
+The schema is versioned: `MIGRATIONS` is an ordered list; a database is brought up to date when it
+is opened, and a database written by a newer tunebench is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from jobs.workspace import Workspace
+
+BUSY_TIMEOUT_MS = 15_000
+
+STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("completed", "failed", "cancelled", "interrupted")
+# The transitions a run may make; anything else is a bug in the caller and raises.
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "queued": ("running", "cancelled", "failed"),
+    "running": ("completed", "failed", "cancelled", "interrupted"),
+    "failed": ("queued",),
+    "cancelled": ("queued",),
+    "interrupted": ("queued", "failed"),
+    "completed": (),
+}
+_STATE_LEVEL = {"failed": "error", "interrupted": "warning", "cancelled": "warning"}
+
+# Ordered migrations: index + 1 is the schema version the step brings the database to.
+MIGRATIONS: list[list[str]] = [
+    [
+        """create table runs (
+            id text primary key,
+            kind text not null,
+            name text not null unique,
+            state text not null,
+            priority integer not null default 0,
+            preset_yaml text not null,
+            created_at real not null,
+            started_at real,
+            finished_at real,
+            engine_pid integer,
+            worker_pid integer,
+            gpu text,
+            error text,
+            advice text,
+            parent_run text,
+            parent_checkpoint integer,
+            step integer not null default 0,
+            total_steps integer,
+            last_loss real,
+            best_eval_loss real,
+            best_eval_step integer,
+            findings integer not null default 0,
+            info text not null default '{}',
+            stop_request text,
+            attempt integer not null default 1
+        )""",
+        "create index runs_state on runs (state, priority desc, created_at)",
+        """create table metrics (
+            id integer primary key autoincrement,
+            run_id text not null references runs (id) on delete cascade,
+            step integer not null,
+            name text not null,
+            value real,
+            time real not null
+        )""",
+        "create index metrics_run on metrics (run_id, id)",
+        """create table events (
+            id integer primary key autoincrement,
+            run_id text not null references runs (id) on delete cascade,
+            level text not null,
+            text text not null,
+            step integer,
+            time real not null
+        )""",
+        "create index events_run on events (run_id, id)",
+        """create table checkpoints (
+            run_id text not null references runs (id) on delete cascade,
+            step integer not null,
+            path text not null,
+            metrics text not null default '{}',
+            size_bytes integer,
+            created_at real not null,
+            keep integer not null default 0,
+            primary key (run_id, step)
+        )""",
+        """create table findings (
+            id integer primary key autoincrement,
+            run_id text not null references runs (id) on delete cascade,
+            rule text,
+            severity text,
+            payload text not null,
+            time real not null
+        )""",
+        "create index findings_run on findings (run_id, id)",
+        """create table transcripts (
+            id integer primary key autoincrement,
+            run_id text references runs (id) on delete cascade,
+            kind text not null,
+            payload text not null,
+            created_at real not null
+        )""",
+        "create index transcripts_run on transcripts (run_id, kind, id)",
+        """create table eval_results (
+            id integer primary key autoincrement,
+            run_id text references runs (id) on delete cascade,
+            payload text not null,
+            created_at real not null
+        )""",
+        "create index eval_results_run on eval_results (run_id, id)",
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be used (e.g. written by a newer tunebench)."""
+
+
+class RunNotFound(KeyError):
+    """`resolve_run` found no run, or several, for a reference."""
+
+    def __str__(self) -> str:  # KeyError would print the message with quotes around it
+        return str(self.args[0]) if self.args else "run not found"
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+@dataclass
+class Run:
+    id: str
+    kind: str
+    name: str
+    state: str
+    priority: int
+    preset_yaml: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    engine_pid: int | None
+    gpu: str | None
+    error: str | None
+    advice: str | None
+    parent_run: str | None
+    parent_checkpoint: int | None
+    step: int
+    total_steps: int | None
+    last_loss: float | None
+    best_eval_loss: float | None
+    best_eval_step: int | None
+    info: dict = field(default_factory=dict)
+    findings: int = 0
+    worker_pid: int | None = None
+    stop_request: str | None = None
+    attempt: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def dry_run(self) -> bool:
+        return bool(self.info.get("dry_run"))
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the steps done, 0..1, when the total is known."""
+        if not self.total_steps:
+            return None
+        return min(1.0, self.step / self.total_steps)
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.finished_at or time.time()) - self.started_at
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    id: int
+    step: int
+    name: str
+    value: float
+    time: float
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    level: str
+    text: str
+    step: int | None
+    time: float
+
+
+@dataclass
+class CheckpointRow:
+    step: int
+    path: str
+    metrics: dict
+    size_bytes: int | None
+    created_at: float
+    keep: bool
+    best: bool
+
+
+@dataclass(frozen=True)
+class TranscriptRow:
+    id: int
+    run_id: str | None
+    kind: str
+    payload: Any
+    created_at: float
+
+
+@dataclass(frozen=True)
+class EvalResultRow:
+    id: int
+    run_id: str | None
+    payload: Any
+    created_at: float
+
+
+_RUN_COLUMNS = (
+    "id, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu, "
+    "error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss, "
+    "best_eval_step, info, findings, worker_pid, stop_request, attempt"
+)
+_RUN_UPDATABLE = {
+    "priority", "engine_pid", "worker_pid", "gpu", "error", "advice", "step", "total_steps", "last_loss",
+    "best_eval_loss", "best_eval_step", "started_at", "finished_at", "stop_request", "parent_run",
+    "parent_checkpoint",
+}
+_ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
+
+
+def new_run_id(now: float | None = None) -> str:
+    """'r-261123-052611-k3f9': sorts by creation second; the suffix keeps same-second ids apart."""
+    stamp = time.strftime("%y%m%d-%H%M%S", time.localtime(now or time.time()))
+    return f"r-{stamp}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(4))}"
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str, allow_nan=True)
+
+
+def _float_or_nan(value: float | None) -> float:
+    # SQLite stores NaN as NULL; a metric row always has a value, so NULL reads back as NaN.
+    return float("nan") if value is None else value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class Store:
+    """Thread-safe access to one `tunebench.db` (each thread gets its own connection)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    # ----------------------------------------------------------------- connections
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        # A forked child must not reuse its parent's connection.
+        if conn is None or local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+            self._set_wal(conn)
+            conn.execute("pragma synchronous = normal")
+            conn.execute("pragma foreign_keys = on")
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    @staticmethod
+    def _set_wal(conn: sqlite3.Connection) -> None:
+        # Switching a fresh file to WAL needs a write lock; retry briefly when another opener holds it.
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                conn.execute("pragma journal_mode = wal")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("begin immediate")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("rollback")
+            raise
+        else:
+            conn.execute("commit")
+
+    def _read(self, sql: str, params: Iterable = ()) -> list[tuple]:
+        return self._conn().execute(sql, tuple(params)).fetchall()
+
+    # ----------------------------------------------------------------- schema
+
+    def schema_version(self) -> int:
+        return self._version(self._conn())
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        exists = conn.execute("select 1 from sqlite_master where type='table' and name='schema_version'").fetchone()
+        if not exists:
+            return 0
+        row = conn.execute("select max(version) from schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self, migrations: list[list[str]] | None = None) -> None:
+        migrations = MIGRATIONS if migrations is None else migrations
+        conn = self._conn()
+        if self._version(conn) == len(migrations):
+            return
+        with self._write() as conn:  # re-read under the write lock: another process may have migrated
+            conn.execute("create table if not exists schema_version (version integer not null, applied_at real not null)")
+            version = self._version(conn)
+            if version > len(migrations):
+                raise StoreError(
+                    f"{self.path} has schema version {version}, newer than this tunebench knows ({len(migrations)}); "
+                    "upgrade tunebench, or point --workspace at another directory"
+                )
+            for number, statements in enumerate(migrations[version:], start=version + 1):
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("insert into schema_version (version, applied_at) values (?, ?)", (number, time.time()))
+
+    # ----------------------------------------------------------------- runs
+
+    def _row_to_run(self, row: tuple) -> Run:
+        values = list(row)
+        values[20] = json.loads(values[20] or "{}")
+        (rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu,
+         error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss,
+         best_eval_step, info, findings, worker_pid, stop_request, attempt) = values
+        return Run(rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at,
+                   engine_pid, gpu, error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss,
+                   best_eval_loss, best_eval_step, info, findings, worker_pid, stop_request, attempt)
+
+    def create_run(self, kind: str, name: str, preset_yaml: str, *, priority: int = 0,
+                   parent_run: str | None = None, parent_checkpoint: int | None = None,
+                   info: dict | None = None, run_id: str | None = None) -> Run:
+        """A new `queued` run. A taken name gets a suffix (-2, -3, …) so names stay unique references."""
+        for _ in range(50):
+            now = time.time()
+            rid = run_id or new_run_id(now)
+            try:
+                with self._write() as conn:
+                    unique = self._free_name(conn, name)
+                    conn.execute(
+                        "insert into runs (id, kind, name, state, priority, preset_yaml, created_at, parent_run, "
+                        "parent_checkpoint, info) values (?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                        (rid, kind, unique, priority, preset_yaml, now, parent_run, parent_checkpoint,
+                         _dumps(info or {})),
+                    )
+                    self._event(conn, rid, "info", f"queued ({kind} {unique})", None, now)
+                return self.get_run(rid)
+            except sqlite3.IntegrityError:
+                if run_id is not None:
+                    raise
+                continue  # same-second id collision: draw another suffix
+        raise StoreError("could not draw a unique run id")
+
+    @staticmethod
+    def _free_name(conn: sqlite3.Connection, name: str) -> str:
+        taken = {r[0] for r in conn.execute("select name from runs where name = ? or name like ?", (name, f"{name}-%"))}
+        if name not in taken:
+            return name
+        n = 2
+        while f"{name}-{n}" in taken:
+            n += 1
+        return f"{name}-{n}"
+
+    def get_run(self, run_id: str) -> Run | None:
+        rows = self._read(f"select {_RUN_COLUMNS} from runs where id = ?", (run_id,))
+        return self._row_to_run(rows[0]) if rows else None
+
+    def list_runs(self, *, states: Iterable[str] | None = None, kind: str | None = None) -> list[Run]:
+        """Newest first; optionally only some states or one kind."""
+        sql, params = f"select {_RUN_COLUMNS} from runs where 1=1", []
+        if states is not None:
+            states = list(states)
+            sql += f" and state in ({','.join('?' * len(states))})"
+            params += states
+        if kind is not None:
+            sql += " and kind = ?"
+            params.append(kind)
+        sql += " order by created_at desc, rowid desc"
+        return [self._row_to_run(r) for r in self._read(sql, params)]
+
+    def queued_runs(self) -> list[Run]:
+        """Queued runs in the order the engine takes them: priority first, then age."""
+        rows = self._read(f"select {_RUN_COLUMNS} from runs where state = 'queued' order by priority desc, created_at, rowid")
+        return [self._row_to_run(r) for r in rows]
+
+    def count_runs(self, state: str | None = None) -> int:
+        if state is None:
+            return self._read("select count(*) from runs")[0][0]
+        return self._read("select count(*) from runs where state = ?", (state,))[0][0]
+
+    def resolve_run(self, ref: str) -> Run:
+        """A run by id, unique id prefix, or name; RunNotFound (a KeyError) says what matched."""
+        ref = (ref or "").strip()
+        if not ref:
+            raise RunNotFound("no run given")
+        run = self.get_run(ref)
+        if run is not None:
+            return run
+        rows = self._read(f"select {_RUN_COLUMNS} from runs where name = ?", (ref,))
+        if rows:
+            return self._row_to_run(rows[0])
+        escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        prefixes = [f"{escaped}%"] if ref.startswith("r-") else [f"{escaped}%", f"r-{escaped}%"]
+        matches: dict[str, tuple] = {}
+        for pattern in prefixes:
+            for row in self._read(f"select {_RUN_COLUMNS} from runs where id like ? escape '\\' "
+                                  "or name like ? escape '\\'", (pattern, pattern)):
+                matches[row[0]] = row
+        if len(matches) == 1:
+            return self._row_to_run(next(iter(matches.values())))
+        if not matches:
+            raise RunNotFound(f"no run matches {ref!r}; `tunebench ls` lists the runs")
+        listed = ", ".join(f"{row[0]} ({row[2]})" for row in sorted(matches.values())[:8])
+        raise RunNotFound(f"{ref!r} matches {len(matches)} runs: {listed}; give more of the id")
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        """Set plain columns (not the state: use set_state). `info` is merged, not replaced."""
+        info = fields.pop("info", None)
+        unknown = set(fields) - _RUN_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable run fields: {sorted(unknown)}")
+        with self._write() as conn:
+            if fields:
+                assignments = ", ".join(f"{key} = ?" for key in fields)
+                conn.execute(f"update runs set {assignments} where id = ?", (*fields.values(), run_id))
+            if info:
+                self._merge_info(conn, run_id, info)
+
+    @staticmethod
+    def _merge_info(conn: sqlite3.Connection, run_id: str, info: dict) -> None:
+        row = conn.execute("select info from runs where id = ?", (run_id,)).fetchone()
+        if row is None:
+            return
+        merged = json.loads(row[0] or "{}")
+        merged.update(info)
+        conn.execute("update runs set info = ? where id = ?", (_dumps(merged), run_id))
+
+    def set_state(self, run_id: str, state: str, *, error: str | None = None, advice: str | None = None,
+                  expect: str | Iterable[str] | None = None) -> bool:
+        """Move a run to `state` and record the transition as an event.
+
+        With `expect`, the move happens only if the run is in one of those states (atomically) and
+        the return value says whether it did — how the engine claims a queued run while a cancel
+        may be racing it. Without it, an impossible transition raises InvalidTransition.
+        """
+        if state not in STATES:
+            raise ValueError(f"unknown state {state!r}")
+        expected = (expect,) if isinstance(expect, str) else (tuple(expect) if expect is not None else None)
+        with self._write() as conn:
+            row = conn.execute("select state from runs where id = ?", (run_id,)).fetchone()
+            if row is None:
+                if expected is not None:
+                    return False
+                raise RunNotFound(f"no run {run_id!r}")
+            current = row[0]
+            if expected is not None and current not in expected:
+                return False
+            if state not in TRANSITIONS[current]:
+                if expected is not None:
+                    return False
+                raise InvalidTransition(f"run {run_id} cannot go from {current} to {state}")
+            now = time.time()
+            sets, params = ["state = ?"], [state]
+            if state == "running":
+                sets += ["started_at = ?", "finished_at = null", "stop_request = null", "error = null", "advice = null"]
+                params.append(now)
+            elif state == "queued":
+                sets += ["finished_at = null", "stop_request = null", "error = null", "advice = null",
+                         "engine_pid = null", "worker_pid = null", "attempt = attempt + 1"]
+            else:
+                sets += ["finished_at = ?", "error = ?", "advice = ?"]
+                params += [now, error, advice]
+            conn.execute(f"update runs set {', '.join(sets)} where id = ?", (*params, run_id))
+            text = f"{current} → {state}"
+            if error:
+                text += f": {error}"
+            if advice:
+                text += f"\n  → {advice}"
+            self._event(conn, run_id, _STATE_LEVEL.get(state, "info"), text, None, now)
+        return True
+
+    def request_stop(self, run_id: str, reason: str) -> None:
+        """Ask a running run to stop at its next step boundary (the sink reads it)."""
+        with self._write() as conn:
+            conn.execute("update runs set stop_request = ? where id = ?", (reason, run_id))
+
+    def stop_requested(self, run_id: str) -> str | None:
+        rows = self._read("select stop_request from runs where id = ?", (run_id,))
+        return rows[0][0] if rows else None
+
+    def delete_run(self, run_id: str) -> None:
+        """The run's rows and everything hanging off them (files are the caller's: see jobs.control.remove)."""
+        with self._write() as conn:
+            conn.execute("delete from runs where id = ?", (run_id,))
+
+    # ----------------------------------------------------------------- metrics
+
+    def add_metrics(self, run_id: str, rows: list[tuple[int, str, float, float]]) -> None:
+        """Insert a batch of (step, name, value, time) and keep the run's summary columns current."""
+        if not rows:
+            return
+        with self._write() as conn:
+            self._insert_metrics(conn, run_id, rows)
+
+    @staticmethod
+    def _insert_metrics(conn: sqlite3.Connection, run_id: str, rows: list[tuple[int, str, float, float]]) -> None:
+        conn.executemany(
+            "insert into metrics (run_id, step, name, value, time) values (?, ?, ?, ?, ?)",
+            [(run_id, int(step), name, None if value is None or (isinstance(value, float) and math.isnan(value))
+              else float(value), t) for step, name, value, t in rows],
+        )
+        current = conn.execute("select step, best_eval_loss from runs where id = ?", (run_id,)).fetchone()
+        if current is None:
+            return
+        step, best = current
+        last_loss = None
+        for row_step, name, value, _ in rows:
+            step = max(step or 0, int(row_step))
+            if name == "loss":
+                last_loss = value
+            elif name == "eval_loss" and _finite(value) and (best is None or value < best):
+                best = value
+                conn.execute("update runs set best_eval_step = ? where id = ?", (int(row_step), run_id))
+        conn.execute("update runs set step = ?, best_eval_loss = ? where id = ?", (step, best, run_id))
+        if last_loss is not None:
+            value = None if isinstance(last_loss, float) and math.isnan(last_loss) else last_loss
+            conn.execute("update runs set last_loss = ? where id = ?", (value, run_id))
+
+    def metrics_since(self, run_id: str, after_id: int = 0, names: Iterable[str] | None = None) -> list[MetricRow]:
+        """Metric rows newer than `after_id` (the id of the last row a reader has seen), oldest first."""
+        sql = "select id, step, name, value, time from metrics where run_id = ? and id > ?"
+        params: list[Any] = [run_id, after_id]
+        if names is not None:
+            names = list(names)
+            sql += f" and name in ({','.join('?' * len(names))})"
+            params += names
+        sql += " order by id"
+        return [MetricRow(i, s, n, _float_or_nan(v), t) for i, s, n, v, t in self._read(sql, params)]
+
+    def metric_names(self, run_id: str) -> list[str]:
+        return [r[0] for r in self._read("select distinct name from metrics where run_id = ? order by name", (run_id,))]
+
+    def delete_metrics_after(self, run_id: str, step: int) -> int:
+        """Forget metrics past `step` (an abandoned attempt's, when a run resumes from an earlier checkpoint)."""
+        with self._write() as conn:
+            count = conn.execute("delete from metrics where run_id = ? and step > ?", (run_id, step)).rowcount
+            self._recompute_summary(conn, run_id)
+        return count
+
+    @staticmethod
+    def _recompute_summary(conn: sqlite3.Connection, run_id: str) -> None:
+        step = conn.execute("select coalesce(max(step), 0) from metrics where run_id = ?", (run_id,)).fetchone()[0]
+        loss = conn.execute("select value from metrics where run_id = ? and name = 'loss' order by id desc limit 1",
+                            (run_id,)).fetchone()
+        best = conn.execute("select value, step from metrics where run_id = ? and name = 'eval_loss' and value is not null "
+                            "order by value, step limit 1", (run_id,)).fetchone()
+        conn.execute("update runs set step = ?, last_loss = ?, best_eval_loss = ?, best_eval_step = ? where id = ?",
+                     (step, loss[0] if loss else None, best[0] if best else None, best[1] if best else None, run_id))
+
+    # ----------------------------------------------------------------- events
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, run_id: str, level: str, text: str, step: int | None, now: float) -> None:
+        conn.execute("insert into events (run_id, level, text, step, time) values (?, ?, ?, ?, ?)",
+                     (run_id, level, text, step, now))
+
+    def add_event(self, run_id: str, level: str, text: str, step: int | None = None) -> None:
+        with self._write() as conn:
+            self._event(conn, run_id, level, text, step, time.time())
+
+    def events_since(self, run_id: str, after_id: int = 0) -> list[EventRow]:
+        rows = self._read("select id, level, text, step, time from events where run_id = ? and id > ? order by id",
+                          (run_id, after_id))
+        return [EventRow(*row) for row in rows]
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def add_checkpoint(self, run_id: str, step: int, path: str | os.PathLike, metrics: dict | None = None,
+                       size_bytes: int | None = None) -> None:
+        """Record a checkpoint; the same step again (a resumed run saving over it) replaces the row."""
+        with self._write() as conn:
+            conn.execute(
+                "insert into checkpoints (run_id, step, path, metrics, size_bytes, created_at) values (?, ?, ?, ?, ?, ?) "
+                "on conflict (run_id, step) do update set path = excluded.path, metrics = excluded.metrics, "
+                "size_bytes = excluded.size_bytes, created_at = excluded.created_at",
+                (run_id, int(step), str(path), _dumps(metrics or {}), size_bytes, time.time()),
+            )
+
+    def list_checkpoints(self, run_id: str) -> list[CheckpointRow]:
+        """By step; `best` marks the one with the lowest eval_loss in its metrics."""
+        rows = [
+            CheckpointRow(step, path, json.loads(metrics or "{}"), size, created, bool(keep), False)
+            for step, path, metrics, size, created, keep in self._read(
+                "select step, path, metrics, size_bytes, created_at, keep from checkpoints where run_id = ? order by step",
+                (run_id,))
+        ]
+        scored = [r for r in rows if _finite(r.metrics.get("eval_loss"))]
+        if scored:
+            min(scored, key=lambda r: (r.metrics["eval_loss"], r.step)).best = True
+        return rows
+
+    def set_checkpoint_keep(self, run_id: str, step: int, keep: bool) -> None:
+        with self._write() as conn:
+            conn.execute("update checkpoints set keep = ? where run_id = ? and step = ?", (int(bool(keep)), run_id, step))
+
+    def delete_checkpoint(self, run_id: str, step: int, *, remove_files: bool = True) -> None:
+        """Remove a checkpoint from disk and from the store.
+
+        Crash-safe order: the folder is first renamed out of the `checkpoint-N` pattern (atomic; from
+        then on nothing loads it), then the row goes, then the files. A crash leaves at worst a
+        `.deleting-*` folder, which `sweep_deleted_checkpoints` removes.
+        """
+        rows = self._read("select path from checkpoints where run_id = ? and step = ?", (run_id, step))
+        path = Path(rows[0][0]) if rows else None
+        trash = None
+        if remove_files and path is not None and path.exists():
+            trash = path.with_name(f".deleting-{path.name}-{secrets.token_hex(3)}")
+            os.replace(path, trash)
+        with self._write() as conn:
+            conn.execute("delete from checkpoints where run_id = ? and step = ?", (run_id, step))
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    @staticmethod
+    def sweep_deleted_checkpoints(run_dir: str | os.PathLike) -> None:
+        """Finish deletions a crash interrupted (see delete_checkpoint)."""
+        folder = Path(run_dir) / "checkpoints"
+        if folder.is_dir():
+            for child in folder.glob(".deleting-*"):
+                shutil.rmtree(child, ignore_errors=True)
+
+    # ----------------------------------------------------------------- findings
+
+    def add_finding(self, run_id: str, finding: dict) -> None:
+        with self._write() as conn:
+            conn.execute("insert into findings (run_id, rule, severity, payload, time) values (?, ?, ?, ?, ?)",
+                         (run_id, finding.get("rule"), finding.get("severity"), _dumps(finding), time.time()))
+            conn.execute("update runs set findings = findings + 1 where id = ?", (run_id,))
+
+    def findings(self, run_id: str) -> list[dict]:
+        return [json.loads(p) for (p,) in self._read("select payload from findings where run_id = ? order by id", (run_id,))]
+
+    # ----------------------------------------------------------------- transcripts and evaluations
+
+    def add_transcript(self, run_id: str | None, kind: str, payload: Any) -> int:
+        """A chat or probe transcript (any JSON-able payload); run_id None for one not tied to a run."""
+        with self._write() as conn:
+            cursor = conn.execute("insert into transcripts (run_id, kind, payload, created_at) values (?, ?, ?, ?)",
+                                  (run_id, kind, _dumps(payload), time.time()))
+            return cursor.lastrowid
+
+    def transcripts(self, run_id: str | None, kind: str | None = None) -> list[TranscriptRow]:
+        """A run's transcripts, oldest first; run_id None lists every transcript."""
+        sql, params = "select id, run_id, kind, payload, created_at from transcripts where 1=1", []
+        if run_id is not None:
+            sql += " and run_id = ?"
+            params.append(run_id)
+        if kind is not None:
+            sql += " and kind = ?"
+            params.append(kind)
+        rows = self._read(sql + " order by id", params)
+        return [TranscriptRow(i, r, k, json.loads(p), c) for i, r, k, p, c in rows]
+
+    def add_eval_result(self, run_id: str | None, payload: Any) -> int:
+        with self._write() as conn:
+            cursor = conn.execute("insert into eval_results (run_id, payload, created_at) values (?, ?, ?)",
+                                  (run_id, _dumps(payload), time.time()))
+            return cursor.lastrowid
+
+    def eval_results(self, run_id: str | None) -> list[EvalResultRow]:
+        """A run's evaluation results, oldest first; run_id None lists all of them."""
+        if run_id is None:
+            rows = self._read("select id, run_id, payload, created_at from eval_results order by id")
+        else:
+            rows = self._read("select id, run_id, payload, created_at from eval_results where run_id = ? order by id",
+                              (run_id,))
+        return [EvalResultRow(i, r, json.loads(p), c) for i, r, p, c in rows]
+
+
+_STORES: dict[Path, tuple[Store, int]] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(workspace) -> Store:
+    """The process-wide Store of a workspace (a Workspace or a path to its root).
+
+    A workspace deleted and made anew at the same path gets a fresh Store, not one that still
+    holds the deleted database open.
+    """
+    root = Path(workspace.root if isinstance(workspace, Workspace) else workspace).resolve()
+    with _STORES_LOCK:
+        cached = _STORES.get(root)
+        try:
+            inode = (root / "tunebench.db").stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if cached is not None and cached[1] == inode:
+            return cached[0]
+        root.mkdir(parents=True, exist_ok=True)
+        store = Store(root / "tunebench.db")
+        _STORES[root] = (store, store.path.stat().st_ino)
+        return store
