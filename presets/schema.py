@@ -224,6 +224,25 @@ class DistributedConfig(Section):
     main_port: int = Field(29500, ge=1, le=65535, description="port of the rank-0 node")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend; auto = nccl on GPU, gloo on CPU")
 
+    @model_validator(mode="after")
+    def _consistent_world(self):
+        # Combinations that cannot run, whatever the machine; engine.distributed checks the machine.
+        if self.strategy == "single" and (self.num_processes > 1 or self.num_nodes > 1):
+            raise ValueError(
+                "strategy single runs one process: set strategy ddp, fsdp or deepspeed to use "
+                f"num_processes {self.num_processes} x num_nodes {self.num_nodes}"
+            )
+        if self.strategy == "ddp" and self.num_processes * self.num_nodes == 1:
+            raise ValueError("strategy ddp with one process in all replicates nothing: set num_processes >= 2, or strategy single")
+        if self.node_rank >= self.num_nodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below num_nodes {self.num_nodes} (node ranks count from 0)")
+        if self.num_nodes > 1 and (self.main_address in ("localhost", "0.0.0.0", "::1") or self.main_address.startswith("127.")):
+            raise ValueError(
+                f"main_address {self.main_address} only reaches this machine: with num_nodes {self.num_nodes}, "
+                "give the rank-0 node's address that the other nodes can reach"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- presets
 
@@ -247,6 +266,57 @@ class TrainPreset(Section):
             raise ValueError("method qlora needs model.quantization.mode: 4bit (or 8bit)")
         if quant != "none" and self.method.name in ("full", "freeze"):
             raise ValueError(f"method {self.method.name} cannot train quantized weights: set model.quantization.mode: none or use qlora")
+        return self
+
+    @model_validator(mode="after")
+    def _method_fits_distributed(self):
+        """Strategy/method/model combinations that fail under FSDP or DeepSpeed, with the reason."""
+        dist, method = self.distributed, self.method.name
+        fsdp, deepspeed = dist.strategy == "fsdp", dist.strategy == "deepspeed"
+        zero3 = deepspeed and dist.zero_stage == 3
+        if self.model.quantization.mode == "8bit" and (fsdp or zero3):
+            raise ValueError(
+                f"8-bit weights cannot be sharded by {'FSDP' if fsdp else 'ZeRO-3'} (bitsandbytes' int8 tensors "
+                "are not flattened and split across processes): use model.quantization.mode: 4bit "
+                "(QLoRA stores the 4-bit weights in the compute dtype so they shard), or deepspeed zero_stage 1/2, or ddp"
+            )
+        if fsdp and method in PROMPT_FAMILY:
+            raise ValueError(
+                f"method {method} does not work under FSDP: its virtual-token module runs outside FSDP's "
+                "wrapped units and holds fp32 weights beside the half-precision base (FSDP needs one dtype per unit): "
+                "use distributed.strategy ddp or deepspeed"
+            )
+        if fsdp and method == "adalora":
+            raise ValueError(
+                "method adalora does not work under FSDP: it reallocates ranks from each parameter's whole "
+                "gradient, which FSDP shards: use lora, or distributed.strategy ddp"
+            )
+        if deepspeed and method == "adalora":
+            raise ValueError(
+                "method adalora does not work under DeepSpeed: it reallocates ranks from each parameter's "
+                "gradient after the step, which ZeRO reduces and frees inside its optimizer: use lora, or distributed.strategy ddp"
+            )
+        if fsdp and method == "ia3" and self.model.dtype != "fp32":
+            raise ValueError(
+                "method ia3 under FSDP needs model.dtype: fp32: IA3's fp32 scaling vectors sit inside the "
+                "adapted layers, which FSDP flattens into one tensor of one dtype with the base weights "
+                "(or use lora, or distributed.strategy ddp / deepspeed)"
+            )
+        if dist.offload and deepspeed and self.training.optimizer != "adamw":
+            raise ValueError(
+                f"training.optimizer {self.training.optimizer} cannot step ZeRO-offloaded state: DeepSpeed steps "
+                "offloaded optimizer state on the CPU with its own CPU Adam: set training.optimizer: adamw (or offload: false)"
+            )
+        if dist.offload and self.training.optimizer.startswith("paged"):
+            raise ValueError(
+                f"training.optimizer {self.training.optimizer} pages optimizer state between GPU and CPU itself; "
+                "with distributed.offload the state already lives on the CPU: use adamw (or offload: false)"
+            )
+        if self.training.load_best_at_end and (fsdp or zero3):
+            raise ValueError(
+                "training.load_best_at_end cannot load a checkpoint back into a model whose parameters are sharded "
+                f"({'FSDP' if fsdp else 'ZeRO-3'}): keep the best checkpoint with training.keep_best and use it by step"
+            )
         return self
 
 
