@@ -21,6 +21,8 @@ CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
 LOG_FILE = "run.log"
+# A file inside checkpoints/checkpoint-<step>/ that the user marked keep: the keep policy never prunes it.
+KEEP_MARKER = "tunebench-keep"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -72,6 +74,9 @@ class RunArtifacts:
                 if match and (child / "trainer_state.json").is_file():
                     found[int(match.group(1))] = child
         return dict(sorted(found.items()))
+
+    def is_kept(self, step: int) -> bool:
+        return (self.checkpoint_dir(step) / KEEP_MARKER).is_file()
 
     def latest_checkpoint(self) -> Path | None:
         checkpoints = self.checkpoints()

@@ -1,0 +1,208 @@
+"""A run's evaluations: one row per eval job; for the highlighted one a bar per metric, base
+against fine-tuned, and every generated sample side by side."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+
+from tui import format as fmt
+from tui.backend import user_message
+from tui.widgets.status import StatusLine
+
+# Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).
+GENERATION_METRICS = (("exact_match", "exact match", 1.0), ("token_f1", "token F1", 1.0), ("rouge_l", "ROUGE-L", 1.0),
+                      ("bleu", "BLEU", 100.0))
+SIDE_NAMES = {"base": "base", "finetuned": "fine-tuned"}
+BAR_WIDTH = 24
+
+
+def metric_rows(results: dict) -> list[tuple[str, dict[str, float | None], float, bool]]:
+    """(label, value per side, full-scale value, lower is better) for each metric the results hold."""
+    sides = results.get("sides", [])
+    loss = results.get("loss", {})
+    generation = results.get("generation", {})
+    rows = []
+    losses = {s: loss.get(s, {}).get("eval_loss") for s in sides}
+    if any(v is not None for v in losses.values()):
+        rows.append(("eval loss", losses, max((v for v in losses.values() if v is not None), default=1.0) or 1.0, True))
+    for key, label, scale in GENERATION_METRICS:
+        values = {s: generation.get(s, {}).get(key) for s in sides}
+        if any(v is not None for v in values.values()):
+            rows.append((label + (" (0–100)" if scale == 100.0 else ""), values, scale, False))
+    return rows
+
+
+def bars_text(results: dict, colours: dict[str, str]) -> Text:
+    """A bar per metric and side; the better side of each metric in bold."""
+    sides = results.get("sides", [])
+    text = Text()
+    style = {"base": "dim", "finetuned": colours.get("accent", "")}
+    for label, values, scale, lower_better in metric_rows(results):
+        present = {s: v for s, v in values.items() if v is not None}
+        best = (min if lower_better else max)(present, key=present.get) if len(present) > 1 else None
+        text.append(f"{label:<18}", style="bold")
+        for side in sides:
+            value = values.get(side)
+            fraction = None if value is None else value / scale if scale else 0.0
+            text.append(f" {SIDE_NAMES.get(side, side):>10} ", style=style.get(side, ""))
+            text.append(fmt.bar(fraction, BAR_WIDTH), style=style.get(side, ""))
+            text.append(f" {fmt.number(value):>9}", style="bold" if side == best else "")
+        if lower_better:
+            text.append("  lower is better", style="dim")
+        text.append("\n")
+    return text
+
+
+class EvalsScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("tab", "focus_next", "Switch table", show=False),
+        Binding("k", "checkpoints", "Checkpoints"),
+    ]
+    DEFAULT_CSS = """
+    EvalsScreen #evals-head { height: auto; padding: 0 1; background: $boost; }
+    EvalsScreen #evals-list { height: auto; max-height: 8; }
+    EvalsScreen #evals-bars { height: auto; padding: 0 1; margin: 1 0 0 0; }
+    EvalsScreen #evals-samples { height: 1fr; }
+    """
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self.run = None
+        self.records: list = []
+        self._loader = None
+        self._shown_index: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine("Evals")
+        yield Static("", id="evals-head")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-list")
+        yield Static("", id="evals-bars")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-samples")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        listing = self.query_one("#evals-list", DataTable)
+        for key, label in (("when", "age"), ("what", "evaluated"), ("rows", "rows"), ("loss", "eval loss base → ft"),
+                           ("em", "exact match base → ft"), ("status", "status")):
+            listing.add_column(label, key=key)
+        listing.focus()
+        self.app.state_signal.subscribe(self, lambda _: self.reload())
+        self.reload()
+
+    # ----------------------------------------------------------------- reading
+
+    def reload(self) -> None:
+        if self._loader is not None and self._loader.is_running:
+            return
+        self._loader = self._load()
+
+    @work(thread=True, group="evals-load", exit_on_error=False)
+    def _load(self) -> None:
+        from jobs.targets import eval_history
+
+        backend = self.app.backend
+        try:
+            run = backend.store.get_run(self.run_id)
+            records = eval_history(backend.store, backend.workspace, self.run_id) if run is not None else []
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, user_message(exc), title="cannot read the evaluations", severity="error")
+            return
+        self.app.call_from_thread(self._show, run, records)
+
+    def _show(self, run, records: list) -> None:
+        changed = len(records) != len(self.records) or self.run is None
+        self.run, self.records = run, records
+        head = self.query_one("#evals-head", Static)
+        if run is None:
+            head.update(Content.from_markup("[$error]This run no longer exists.[/]"))
+            return
+        self.query_one(StatusLine).set_title(f"Evals · {run.name}")
+        if not records:
+            head.update(Content.from_markup(
+                "[b]$name[/] has no evaluations yet: press [b]k[/] for its checkpoints, then [b]e[/] to evaluate one "
+                "(or `tunebench eval $id`).", name=run.name, id=run.id))
+        else:
+            head.update(Content.from_markup("[b]$name[/] [$text-muted]$id · $n evaluation(s)[/]", name=run.name, id=run.id,
+                                            n=str(len(records))))
+        if changed:
+            self._fill_list()
+
+    def _fill_list(self) -> None:
+        listing = self.query_one("#evals-list", DataTable)
+        listing.clear()
+        self._shown_index = None
+        now = self.app.backend.clock()
+        for index, record in enumerate(self.records):
+            results = record.results
+            target = results.get("target", {})
+            what = f"checkpoint {target['checkpoint']}" if target.get("checkpoint") is not None else "final"
+            losses = results.get("loss", {})
+            generation = results.get("generation", {})
+            sides = results.get("sides", [])
+
+            def pair(section: dict, key: str) -> str:
+                return " → ".join(fmt.number(section.get(s, {}).get(key)) for s in sides) if sides else "—"
+
+            listing.add_row(fmt.duration(now - record.created_at), what, str(results.get("dataset", {}).get("rows", "—")),
+                            pair(losses, "eval_loss"), pair(generation, "exact_match"), results.get("status", "?"), key=str(index))
+        if self.records:
+            listing.move_cursor(row=len(self.records) - 1, animate=False)  # the newest
+            self._show_record(len(self.records) - 1)
+
+    @on(DataTable.RowHighlighted, "#evals-list")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_record(event.cursor_row)
+
+    def _show_record(self, index: int) -> None:
+        if index < 0 or index >= len(self.records) or index == self._shown_index:
+            return
+        self._shown_index = index
+        results = self.records[index].results
+        colours = self.app.theme_variables
+        bars = self.query_one("#evals-bars", Static)
+        samples = self.query_one("#evals-samples", DataTable)
+        samples.clear(columns=True)
+        if results.get("status") != "completed":
+            bars.update(f"This evaluation did not complete ({results.get('status', '?')}: {results.get('reason', '')}).")
+            return
+        text = bars_text(results, {"accent": colours.get("accent", "")})
+        dataset = results.get("dataset", {})
+        text.append(f"{dataset.get('rows', '?')} rows ({dataset.get('split', '?')}), {dataset.get('generation_samples', 0)} generated answers; "
+                    f"{self.records[index].out_dir or ''}", style="dim")
+        bars.update(text)
+        sides = results.get("sides", [])
+        samples.add_column("#", key="index")
+        samples.add_column("prompt", key="prompt")
+        samples.add_column("reference", key="reference")
+        for side in sides:
+            samples.add_column(SIDE_NAMES.get(side, side), key=side)
+            samples.add_column("EM / F1", key=f"{side}-score")
+        for sample in results.get("samples", []):
+            cells: list = [str(sample["index"]), _clip(sample["prompt"]), _clip(sample["reference"])]
+            for side in sides:
+                answer = sample.get(side, {})
+                right = answer.get("exact_match") == 1.0
+                cells.append(Text(_clip(answer.get("output", "")), style=colours.get("success", "") if right else ""))
+                cells.append(f"{answer.get('exact_match', 0):.0f} / {answer.get('token_f1', 0):.2f}")
+            samples.add_row(*cells)
+
+    # ----------------------------------------------------------------- actions
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def action_checkpoints(self) -> None:
+        self.app.action_open_screen("checkpoints", self.run_id)
+
+
+def _clip(text: str, limit: int = 48) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
