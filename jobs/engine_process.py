@@ -348,6 +348,11 @@ class Engine:
             if run.id not in pending:
                 log.info("run %s: queued but not in the queue (taken by a stopped engine); enqueued again", run.id)
                 self.queue.enqueue(run.id, run.priority)
+        from jobs.checkpoints import repair_workspace
+
+        # A checkpoint delete cut short by a crash is finished (or rolled back) before any job runs.
+        for note in repair_workspace(self.ws):
+            log.info("checkpoint repair: %s", note)
 
     def _terminate(self, pid: int, run_id: str) -> None:
         try:

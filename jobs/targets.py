@@ -57,15 +57,9 @@ class RunTarget:
 # --------------------------------------------------------------------------- arguments
 
 
-def _arguments(args: tuple, store: Store | None) -> tuple[Store, Workspace, Any]:
-    """(store, workspace, preset) in the brief's order, or (preset, workspace[, store]) as jobs/worker.py calls."""
-    preset = next((a for a in args if hasattr(a, "kind") and hasattr(a, "model_dump")), None)
-    store = store or next((a for a in args if isinstance(a, Store)), None)
-    workspace = next((a for a in args if isinstance(a, (Workspace, str, os.PathLike))), None)
-    if preset is None:
-        raise TypeError("resolve_*_preset needs a preset")
+def _context(preset, workspace, store: Store | None) -> tuple[Store, Workspace]:
     ws = workspace if isinstance(workspace, Workspace) else resolve_workspace(workspace)
-    return store or open_store(ws), ws, preset
+    return store or open_store(ws), ws
 
 
 # --------------------------------------------------------------------------- runs and checkpoints
@@ -130,9 +124,9 @@ def _as_engine_error(error: TargetError):
     return EngineError(str(error), "`tunebench checkpoints RUN` lists what the run has")
 
 
-def resolve_eval_preset(*args, store: Store | None = None) -> EvalPreset:
+def resolve_eval_preset(preset: EvalPreset, workspace, *, store: Store | None = None) -> EvalPreset:
     """An EvalPreset with model, adapter and data filled in from its run (unchanged without a run)."""
-    store, ws, preset = _arguments(args, store)
+    store, ws = _context(preset, workspace, store)
     if preset.run is None:
         return preset
     try:
@@ -182,9 +176,9 @@ def _check_mergeable(target: RunTarget) -> None:
         raise TargetError(f"run {target.run.id} trained {target.method}: virtual tokens cannot be merged into weights; use the adapter as it is")
 
 
-def resolve_merge_preset(*args, store: Store | None = None) -> MergePreset:
+def resolve_merge_preset(preset: MergePreset, workspace, *, store: Store | None = None) -> MergePreset:
     """A MergePreset with the run's adapter and base filled in (unchanged without a run)."""
-    store, ws, preset = _arguments(args, store)
+    store, ws = _context(preset, workspace, store)
     if preset.run is None:
         return preset
     try:

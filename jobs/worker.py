@@ -127,6 +127,8 @@ def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
     preset = _load_frozen(run, ws)
     out_dir = merge_output_dir(ws, preset, run.id)
     result = run_merge(resolve_merge_preset(preset, ws, store=store), out_dir, sink)
+    if isinstance(result, dict) and result.get("status") == "cancelled":
+        return _stopped(run, store, result.get("reason"))
     store.update_run(run.id, info={"out_dir": str(out_dir), "result": result})
     return Outcome("completed")
 

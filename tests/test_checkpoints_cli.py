@@ -50,17 +50,17 @@ def test_resolve_eval_preset_fills_model_adapter_and_data(workspace):
     store = open_store(workspace)
     run_id = fake_trained_run(workspace)
     preset = EvalPreset(name="e", run="trained", checkpoint=10, num_samples=3)
-    resolved = targets.resolve_eval_preset(store, workspace, preset)
+    resolved = targets.resolve_eval_preset(preset, workspace, store=store)
     # jobs/worker.py calls it as resolver(preset, workspace): the same result.
-    assert targets.resolve_eval_preset(preset, workspace) == resolved
+    assert targets.resolve_eval_preset(preset, workspace) == resolved  # opens the store itself
     assert resolved.run == run_id
     assert resolved.adapter == str(workspace.run_dir(run_id) / "checkpoints" / "checkpoint-10")
     assert resolved.model.path == str(workspace.models_dir / "tiny")
     assert resolved.data.val_ratio == 0.1 and resolved.num_samples == 3
-    explicit = targets.resolve_eval_preset(store, workspace, preset.model_copy(update={"adapter": "/x"}))
+    explicit = targets.resolve_eval_preset(preset.model_copy(update={"adapter": "/x"}), workspace, store=store)
     assert explicit.adapter == "/x", "a field the preset sets wins over the run's"
     no_run = EvalPreset(name="e", model={"path": "/m"}, adapter="/a")
-    assert targets.resolve_eval_preset(store, workspace, no_run) is no_run
+    assert targets.resolve_eval_preset(no_run, workspace, store=store) is no_run
 
 
 def test_resolve_merge_preset_and_what_cannot_be_merged(workspace):
@@ -68,12 +68,12 @@ def test_resolve_merge_preset_and_what_cannot_be_merged(workspace):
 
     store = open_store(workspace)
     run_id = fake_trained_run(workspace)
-    resolved = targets.resolve_merge_preset(store, workspace, MergePreset(name="m", run=run_id))
+    resolved = targets.resolve_merge_preset(MergePreset(name="m", run=run_id), workspace, store=store)
     assert resolved.adapter == str(workspace.run_dir(run_id) / "final")
     assert resolved.base_model == str(workspace.models_dir / "tiny")
     full = fake_trained_run(workspace, method="full", name="full")
     with pytest.raises(EngineError, match="full model, there is no adapter to merge"):
-        targets.resolve_merge_preset(store, workspace, MergePreset(name="m", run=full))
+        targets.resolve_merge_preset(MergePreset(name="m", run=full), workspace, store=store)
 
 
 def test_default_output_folders(workspace):
