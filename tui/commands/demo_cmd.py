@@ -1,0 +1,142 @@
+"""`tunebench demo`: from nothing to a run that visibly learns.
+
+Makes the tiny model and the generated capitals dataset in the workspace (once), starts the engine,
+queues `demo` and `demo-diverge`, and opens the TUI on the demo's dashboard; when the run completes
+the chat pane opens with base and fine-tuned side by side. `--headless` does the same in plain
+terminal output, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from tui.commands.common import CliError, console, workspace
+
+DEMO_PRESET = "demo"
+DIVERGE_PRESET = "demo-diverge"
+POLL_SECONDS = 0.5
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("demo", help="the demo: tiny model, generated data, a run that learns, base vs fine-tuned")
+    parser.add_argument("--headless", action="store_true",
+                        help="no TUI: follow the run here, then print base and fine-tuned answers")
+    parser.add_argument("--no-diverge", action="store_true", help="do not queue demo-diverge behind the demo")
+    parser.add_argument("--json", action="store_true", help="with --headless: print the comparison as JSON")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a field of the demo preset (repeatable)")
+    parser.set_defaults(handler=_demo)
+
+
+def prepare_demo_workspace(ws, out) -> None:
+    """The tiny model and the demo dataset inside the workspace; kept when already there."""
+    model_dir = ws.models_dir / "tiny"
+    if (model_dir / "config.json").is_file():
+        out.print(f"[dim]tiny model: {model_dir} (already there)[/]")
+    else:
+        out.print(f"making the tiny model in {model_dir} …")
+        from engine.tiny import make_tiny_model
+
+        tmp = model_dir.with_name("tiny.partial")
+        make_tiny_model(tmp)
+        tmp.replace(model_dir)  # a crash mid-way leaves no half model under the real name
+    data_file = ws.data_dir / "demo_capitals.json"
+    if data_file.is_file():
+        out.print(f"[dim]demo data: {data_file} (already there)[/]")
+    else:
+        from engine.demo_data import write_demo_dataset
+
+        write_demo_dataset(data_file)
+        out.print(f"wrote the demo dataset to {data_file}")
+
+
+def _active_run(store, preset_name: str):
+    """A queued or running run of this demo preset (names are `demo`, `demo-2`, … as the store numbers them)."""
+    for run in store.list_runs(states=("queued", "running")):
+        suffix = run.name[len(preset_name):]
+        if run.kind == "train" and run.name.startswith(preset_name) and (suffix == "" or suffix.lstrip("-").isdigit()):
+            return run
+    return None
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from jobs import control
+    from jobs.store import open_store
+
+    ws = workspace(args).ensure()
+    out = console()
+    out.print(f"[bold]tunebench demo[/] in workspace {ws.root}")
+    prepare_demo_workspace(ws, out)
+    store = open_store(ws)
+
+    run = None if args.overrides else _active_run(store, DEMO_PRESET)
+    if run is not None:
+        out.print(f"the demo run {run.id} is {run.state} already: following it")
+    else:
+        run = control.submit(ws, DEMO_PRESET, name=DEMO_PRESET, overrides=args.overrides, start=False)
+        out.print(f"queued the demo run {run.id}")
+    if not args.no_diverge and _active_run(store, DIVERGE_PRESET) is None:
+        diverge = control.submit(ws, DIVERGE_PRESET, name=DIVERGE_PRESET, start=False)
+        out.print(f"queued {DIVERGE_PRESET} ({diverge.id}) behind it: a learning rate far too high, for the doctor")
+    status = control.ensure_engine(ws)
+    out.print(f"engine: {status.describe()}")
+
+    if args.headless or not sys.stdout.isatty():
+        return _follow_and_compare(ws, store, run.id, out, as_json=args.json)
+    from tui.app import run_app
+
+    return run_app(str(ws.root), open_run=run.id, open_when_done="chat")
+
+
+def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("[bold]demo[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=out, transient=False) as bar:
+        task = bar.add_task("train", total=None, loss="–")
+        while True:
+            run = store.get_run(run_id)
+            loss = f"{run.last_loss:.3f}" if run.last_loss is not None else "–"
+            bar.update(task, completed=run.step, total=run.total_steps, loss=loss)
+            if run.state not in ("queued", "running"):
+                break
+            time.sleep(POLL_SECONDS)
+    if run.state != "completed":
+        advice = f"\n  → {run.advice}" if run.advice else ""
+        raise CliError(f"the demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}{advice}", code=1)
+    out.print(f"[green]the demo run completed[/] in {run.duration:.0f} s; best eval loss {run.best_eval_loss}")
+    comparison = compare_on_training_question(ws, run_id)
+    if as_json:
+        print(json.dumps(comparison, ensure_ascii=False))
+        return 0
+    from rich.panel import Panel
+
+    out.print(f"[bold]> {comparison['question']}[/]   (the training answer: {comparison['reference']})")
+    for side in ("base", "fine-tuned"):
+        exact = "[green]exact[/]" if comparison[side]["exact"] else "[red]not the answer[/]"
+        out.print(Panel(comparison[side]["text"] or "(empty)", title=side, subtitle=exact, title_align="left"))
+    return 0
+
+
+def compare_on_training_question(ws, run_id: str, question_index: int = 0) -> dict:
+    """Ask base and fine-tuned one training question on one loaded base; say which is exact."""
+    from engine.chat import ChatSession, GenerationSettings
+    from engine.demo_data import demo_rows
+    from tui.commands.chat_cmd import chat_target
+
+    row = demo_rows()[question_index]
+    target = chat_target(ws, run_id)
+    session = ChatSession.load(target.base, target.target, model_config=target.model_config,
+                               chat_template=target.chat_template, system_prompt=target.system_prompt,
+                               labels=target.labels)
+    try:
+        answers = session.answer(row["instruction"], GenerationSettings(max_new_tokens=32))
+    finally:
+        session.close()
+    result = {"question": row["instruction"], "reference": row["output"]}
+    for name, answer in zip(("base", "fine-tuned"), answers):
+        result[name] = {"text": answer.text, "exact": answer.text.strip() == row["output"]}
+    return result

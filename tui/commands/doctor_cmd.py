@@ -1,0 +1,454 @@
+"""`tunebench doctor RUN|PRESET`: why a run's loss does not converge; what a preset's data and memory look like.
+
+    tunebench doctor RUN         a run in the store (id, id prefix or name), or a run folder / metrics.jsonl path:
+                                 the metric rules on its whole history, with a plot of the loss
+    tunebench doctor PRESET      a train preset (name or YAML path): the data findings and the memory preflight
+
+The store is tried first, then run folders, then presets. Exit code 1 when a finding is an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from tui.commands.common import CliError, console, workspace
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+SPARK = "▁▂▃▄▅▆▇█"
+PLOT_WIDTH = 60
+PLOT_HEIGHT = 8
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "doctor", help="explain a run's loss (RUN), or check a preset's data and memory before training (PRESET)",
+        description=(
+            "With a run (id, prefix, name, or a run folder): the doctor's findings on its metrics. "
+            "With a train preset: data findings and the peak GPU memory estimate, with the knobs that make it fit."
+        ),
+    )
+    parser.add_argument("target", help="run id / prefix / name, run folder or metrics.jsonl, or train preset name / YAML path")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="preset override, e.g. --set training.batch_size=2 (PRESET only; repeatable)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the findings (and the memory estimate) as JSON")
+    parser.add_argument("--gpu-free", type=float, metavar="GIB", help="PRESET: compare with this much free GPU memory instead of asking NVML")
+    parser.add_argument("--no-data", action="store_true", help="PRESET: skip loading the data (memory preflight only)")
+    parser.set_defaults(handler=_doctor)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    ws = workspace(args)
+    target = args.target
+    run = _find_run(ws, target)
+    if run is not None:
+        return _doctor_stored_run(args, ws, run)
+    folder = _run_folder(target)
+    if folder is not None:
+        return _doctor_run_folder(args, folder)
+    preset = _find_preset(ws, target, args.overrides)
+    if preset is not None:
+        return _doctor_preset(args, ws, preset)
+    raise CliError(
+        f"{target!r} is neither a run (in {ws.store_db}), a run folder, nor a preset: "
+        "`tunebench ls` lists the runs, `tunebench presets list` the presets"
+    )
+
+
+def _find_run(ws, ref: str):
+    if not ws.store_db.is_file():
+        return None  # looking must not create a store
+    from jobs.store import RunNotFound, open_store
+
+    try:
+        return open_store(ws).resolve_run(ref)
+    except RunNotFound as exc:
+        if "matches" in str(exc) and "runs:" in str(exc):
+            raise CliError(str(exc)) from None  # ambiguous: say so rather than try presets
+        return None
+
+
+def _run_folder(target: str) -> Path | None:
+    path = Path(target).expanduser()
+    if path.is_file() and path.name.endswith(".jsonl"):
+        return path.parent
+    if path.is_dir() and (path / "metrics.jsonl").is_file():
+        return path
+    return None
+
+
+def _find_preset(ws, target: str, overrides: list[str]):
+    from presets import PresetError, find_preset_file, load_preset
+
+    try:
+        find_preset_file(target, ws.root)
+    except PresetError:
+        return None
+    preset = load_preset(target, ws.root, overrides)  # a broken preset is reported as such (PresetError)
+    if preset.kind != "train":
+        raise CliError(f"{target} is a {preset.kind} preset; the doctor checks train presets and runs")
+    return preset
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _analyse_with_preset(series: dict, preset, info: dict | None, total_steps: int | None):
+    from engine.doctor.rules import analyse
+
+    info = info or {}
+    training = getattr(preset, "training", None)
+    precision = info.get("precision") or getattr(training, "precision", None) or "auto"
+    return analyse(
+        series, precision=precision, lr_schedule=getattr(training, "scheduler", None),
+        max_grad_norm=getattr(training, "max_grad_norm", None), total_steps=total_steps or info.get("total_steps"),
+    )
+
+
+def _doctor_stored_run(args, ws, run) -> int:
+    from jobs.store import open_store
+
+    from engine.doctor.rules import series_from_rows
+
+    store = open_store(ws)
+    if run.kind != "train":
+        raise CliError(f"run {run.id} is a {run.kind} job: the doctor reads training runs")
+    series = series_from_rows(store.metrics_since(run.id))
+    preset = _preset_from_yaml(run.preset_yaml, f"run {run.id}")
+    findings = _analyse_with_preset(series, preset, run.info, run.total_steps)
+    memory = (run.info or {}).get("memory") or _memory_from_findings(store.findings(run.id))
+    title = f"run {run.id} ({run.name}) — {run.state}, step {run.step}" + (f"/{run.total_steps}" if run.total_steps else "")
+    return _report_run(args, title, series, findings, memory)
+
+
+def _doctor_run_folder(args, folder: Path) -> int:
+    from engine.artifacts import RunArtifacts
+    from engine.doctor.rules import series_from_jsonl
+
+    artifacts = RunArtifacts(folder)
+    with artifacts.metrics_file.open(encoding="utf-8", errors="replace") as handle:
+        lines = handle.readlines()
+    series = series_from_jsonl(lines)
+    info: dict = {}
+    memory = None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("type") == "run_started":
+            info.update(record)
+        elif record.get("type") == "finding" and record.get("rule") == "memory":
+            memory = record.get("evidence")
+    preset = None
+    if artifacts.preset_file.is_file():
+        preset = _preset_from_yaml(artifacts.preset_file.read_text(encoding="utf-8"), str(artifacts.preset_file))
+    findings = _analyse_with_preset(series, preset, info, info.get("total_steps"))
+    return _report_run(args, f"run folder {folder}", series, findings, memory)
+
+
+def _preset_from_yaml(text: str, source: str):
+    from presets import PresetError, load_preset_text
+
+    try:
+        return load_preset_text(text, source)
+    except PresetError:
+        return None  # an old frozen preset: the rules still run, with default thresholds
+
+
+def _memory_from_findings(findings: list[dict]) -> dict | None:
+    for finding in reversed(findings):
+        if finding.get("rule") == "memory":
+            return finding.get("evidence")
+    return None
+
+
+def _report_run(args, title: str, series: dict, findings, memory: dict | None) -> int:
+    if args.json:
+        payload = {"target": title, "findings": [f.to_dict() for f in findings], "memory": memory,
+                   "points": {name: len(points) for name, points in series.items()}}
+        print(json.dumps(payload, indent=1, default=str))
+        return 1 if any(f.severity == "error" for f in findings) else 0
+    out = console()
+    out.print(f"[bold]doctor:[/] {title}")
+    loss = series.get("loss", [])
+    if not loss:
+        out.print("  no loss reported yet: nothing to diagnose")
+    else:
+        out.print(loss_plot(loss, series.get("eval_loss", [])))
+        finite = [v for _, v in loss if math.isfinite(v)]
+        if finite:
+            out.print(f"  loss {len(loss)} points: first {finite[0]:.4g}, min {min(finite):.4g}, last {finite[-1]:.4g}")
+        evals = [v for _, v in series.get("eval_loss", []) if math.isfinite(v)]
+        if evals:
+            out.print(f"  eval loss {len(evals)} points: min {min(evals):.4g}, last {evals[-1]:.4g}")
+        for name in ("grad_norm", "lr"):
+            values = [v for _, v in series.get(name, [])]
+            finite = [v for v in values if math.isfinite(v)]
+            if finite:
+                out.print(f"  {name:<9} {sparkline(values)}  {min(finite):.3g} … {max(finite):.3g}", highlight=False)
+    if memory:
+        from engine.doctor.memory import format_bytes
+
+        out.print(
+            f"  memory: estimated {format_bytes(memory.get('estimate_torch_bytes'))} (torch) — measured peak reserved "
+            f"{format_bytes(memory.get('measured_peak_reserved'))} (ratio {memory.get('ratio')})"
+        )
+    _print_findings(out, findings, healthy="no findings: the curves look healthy")
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+# --------------------------------------------------------------------------- presets
+
+
+def _doctor_preset(args, ws, preset) -> int:
+    from presets import resolve_paths
+
+    from engine.doctor.memory import GiB, estimate_memory, gpu_memory, load_model_config
+
+    preset = resolve_paths(preset, ws.root)
+    out = console()
+    data_findings, data_note, report = ([], "skipped (--no-data)", None) if args.no_data else _data_findings(preset)
+    seq_len = None
+    if report is not None and report.length.max:
+        # Batches are padded to their longest sample: the longest sample bounds the length, not max_length.
+        seq_len = preset.data.max_length if preset.data.packing else min(preset.data.max_length, report.length.max)
+
+    estimate, memory_note = None, None
+    try:
+        config = load_model_config(preset.model.path, revision=preset.model.revision)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        memory_note = f"no memory estimate: {exc}"
+    else:
+        if args.gpu_free is not None:
+            free, total = int(args.gpu_free * GiB), None
+        else:
+            free, total = gpu_memory() or (None, None)
+        try:
+            estimate = estimate_memory(preset, config, gpu_free_bytes=free, gpu_total_bytes=total, seq_len=seq_len)
+        except ValueError as exc:
+            memory_note = f"no memory estimate: {exc}"
+
+    findings = data_findings + (_memory_findings(estimate) if estimate else [])
+    if args.json:
+        payload = {"preset": preset.name, "findings": [f.to_dict() for f in findings],
+                   "data": data_note, "memory": estimate.to_dict() if estimate else memory_note}
+        print(json.dumps(payload, indent=1, default=str))
+        return 1 if any(f.severity == "error" for f in findings) else 0
+
+    out.print(f"[bold]doctor:[/] preset [bold cyan]{preset.name}[/]")
+    if data_note:
+        out.print(f"  data: {data_note}")
+    elif report is not None:
+        out.print(
+            f"  data: {report.train_samples} training / {report.eval_samples} validation samples, "
+            f"{report.supervised_share:.0%} of {report.total_tokens} tokens supervised, longest {report.length.max} tokens"
+        )
+    if estimate is not None:
+        out.print(memory_table(estimate))
+        if estimate.suggestions:
+            out.print(suggestion_table(estimate))
+    else:
+        out.print(f"  memory: {memory_note}")
+    _print_findings(out, findings, healthy="no findings on the data or the memory")
+    return 1 if any(f.severity == "error" for f in findings) else 0
+
+
+def _data_findings(preset):
+    """(findings, note when the data could not be checked, the DataReport)."""
+    import logging
+
+    from engine.doctor.data_rules import data_findings
+    from engine.errors import EngineError
+
+    logging.getLogger("tunebench.data").addHandler(logging.NullHandler())
+    try:
+        from engine.data import build_datasets
+        from engine.models import load_tokenizer
+
+        tokenizer = load_tokenizer(preset.model)
+        bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed)
+    except EngineError as exc:
+        from engine.doctor import Finding
+
+        # The pipeline refuses data that cannot train at all (DataError): that is the first finding.
+        finding = Finding(rule="data", severity="error", title=exc.message, advice=exc.advice or "fix the data section of the preset")
+        return [finding], None, None
+    return data_findings(bundle.report), None, bundle.report
+
+
+def _memory_findings(estimate):
+    from engine.doctor import Finding
+    from engine.doctor.memory import format_bytes
+
+    if estimate.fits is None or estimate.fits:
+        return []
+    fitting = [s for s in estimate.suggestions if s.fits]
+    advice = (
+        "Try " + "; or ".join(f"{s.knob} ({' '.join('--set ' + o for o in s.overrides)}: {format_bytes(s.total_bytes)})" for s in fitting[:3])
+        if fitting else "Nothing single fits: combine the knobs in the table, or use a GPU with more memory."
+    )
+    return [Finding(
+        rule="memory", severity="warning",
+        title=f"estimated peak {format_bytes(estimate.total_bytes)} exceeds the {format_bytes(estimate.gpu_free_bytes)} free on the GPU",
+        advice=advice, evidence={"estimate_bytes": estimate.total_bytes, "gpu_free_bytes": estimate.gpu_free_bytes},
+    )]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def sparkline(values: list[float], width: int = PLOT_WIDTH) -> str:
+    """Unicode block sparkline of finite values, resampled (by bucket mean) to at most `width` columns."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    if len(values) > width:
+        size = len(values) / width
+        buckets = [values[int(i * size) : max(int(i * size) + 1, int((i + 1) * size))] for i in range(width)]
+        values = [_bucket_mean(b) for b in buckets]
+    low, high = min(finite), max(finite)
+    span = high - low or 1.0
+    return "".join("×" if not math.isfinite(v) else SPARK[min(len(SPARK) - 1, int((v - low) / span * len(SPARK)))] for v in values)
+
+
+def _bucket_mean(bucket: list[float]) -> float:
+    if any(not math.isfinite(v) for v in bucket):
+        return math.nan
+    return sum(bucket) / len(bucket)
+
+
+def loss_plot(loss: list[tuple[int, float]], eval_loss: list[tuple[int, float]] | None = None,
+              width: int = PLOT_WIDTH, height: int = PLOT_HEIGHT):
+    """A small character plot of the loss (•) and eval loss (◆) against the step; × marks NaN/Inf."""
+    from rich.text import Text
+
+    points = [(s, v) for s, v in loss]
+    evals = [(s, v) for s, v in (eval_loss or [])]
+    finite = [v for _, v in points + evals if math.isfinite(v)]
+    text = Text()
+    if not finite:
+        text.append("  (every loss value is NaN/Inf)\n", style="red")
+        return text
+    low, high = min(finite), max(finite)
+    span = high - low or 1.0
+    first = min(s for s, _ in points + evals)
+    last = max(s for s, _ in points + evals)
+    steps = last - first or 1
+    grid = [[" "] * width for _ in range(height)]
+    styles = [[""] * width for _ in range(height)]
+
+    def put(step, value, mark, style):
+        column = min(width - 1, int((step - first) / steps * (width - 1)))
+        if not math.isfinite(value):
+            grid[0][column], styles[0][column] = "×", "bold red"
+            return
+        row = height - 1 - min(height - 1, int((value - low) / span * (height - 1) + 0.5))
+        grid[row][column], styles[row][column] = mark, style
+
+    for step, value in points:
+        put(step, value, "•", "green")
+    for step, value in evals:
+        put(step, value, "◆", "magenta")
+    for row in range(height):
+        label = high - span * row / (height - 1)
+        text.append(f"  {label:>8.4g} │", style="dim")
+        for column in range(width):
+            text.append(grid[row][column], style=styles[row][column] or None)
+        text.append("\n")
+    text.append(f"  {'':>8} └{'─' * width}\n", style="dim")
+    text.append(f"  {'':>8}  step {first}{' ' * max(1, width - len(str(first)) - len(str(last)) - 10)}step {last}\n", style="dim")
+    text.append("  • loss", style="green")
+    if evals:
+        text.append("   ◆ eval loss", style="magenta")
+    text.append("\n")
+    return text
+
+
+def _print_findings(out, findings, *, healthy: str) -> None:
+    from rich.panel import Panel
+    from rich.text import Text
+
+    shown = list(findings)
+    if not shown:
+        out.print(f"[green]{healthy}[/]")
+        return
+    for finding in shown:
+        style = SEVERITY_STYLE.get(finding.severity, "")
+        steps = ""
+        if finding.step_start is not None:
+            steps = f"step {finding.step_start}" if finding.step_end in (None, finding.step_start) else f"steps {finding.step_start}–{finding.step_end}"
+        body = Text()
+        body.append(finding.title + "\n", style="bold")
+        if finding.evidence:
+            shown_evidence = ", ".join(f"{k}={_short(v)}" for k, v in finding.evidence.items() if k != "kind")
+            body.append("evidence: " + shown_evidence + "\n", style="dim")
+        body.append("→ " + finding.advice)
+        heading = f"{finding.severity}: {finding.rule}" + (f"  ({steps})" if steps else "")
+        out.print(Panel(body, title=heading, title_align="left", border_style=style, expand=True))
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list) and len(value) > 8:
+        return "[" + ", ".join(_short(v) for v in value[:8]) + ", …]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def memory_summary(estimate) -> str:
+    details = estimate.details
+    return (
+        f"{details['total_params'] / 1e6:.0f}M parameters ({details['weights_dtype']}), "
+        f"{details['trainable_params'] / 1e6:.2f}M trainable, batch {details['batch_size']} × {details['seq_len']} tokens, "
+        f"{details['precision']}, {details['optimizer']}"
+        + (", gradient checkpointing" if details["gradient_checkpointing"] else "")
+        + f"; the peak falls in the {details['peak_phase']}"
+    )
+
+
+def memory_table(estimate):
+    from rich.console import Group
+    from rich.table import Table
+
+    from engine.doctor.memory import format_bytes
+
+    table = Table(title="peak GPU memory (estimate)", title_justify="left")
+    table.add_column("part")
+    table.add_column("size", justify="right")
+    table.add_column("share", justify="right")
+    total = estimate.total_bytes or 1
+    for part, value in estimate.parts.items():
+        if value:
+            table.add_row(part.replace("_", " "), format_bytes(value), f"{value / total:.0%}")
+    table.add_row("[bold]total[/]", f"[bold]{format_bytes(estimate.total_bytes)}[/]", "100%")
+    lines = [f"  {memory_summary(estimate)}", table]
+    if estimate.gpu_free_bytes is not None:
+        verdict = "[green]fits[/]" if estimate.fits else "[red]does not fit[/]"
+        lines.append(f"  GPU free: {format_bytes(estimate.gpu_free_bytes)} — {verdict}")
+    return Group(*lines)
+
+
+def suggestion_table(estimate):
+    from rich.table import Table
+
+    from engine.doctor.memory import format_bytes
+
+    table = Table(title="knobs that lower the peak (apply each with --set)", title_justify="left")
+    table.add_column("knob", overflow="fold")
+    table.add_column("settings", overflow="fold")
+    table.add_column("estimate", justify="right", no_wrap=True)
+    table.add_column("fits", no_wrap=True)
+    for suggestion in estimate.suggestions:
+        fits = "" if suggestion.fits is None else ("[green]yes[/]" if suggestion.fits else "[red]no[/]")
+        table.add_row(suggestion.knob, " ".join(suggestion.overrides), format_bytes(suggestion.total_bytes), fits)
+    return table

@@ -1,0 +1,58 @@
+"""The TUI's settings: one typed object, built once in `run_app` and injected into the app.
+
+Every field has a default; `from_env` reads the few a user may want to change without a flag
+(TUNEBENCH_POLL, TUNEBENCH_THEME, TUNEBENCH_ANSI, TUNEBENCH_START_ENGINE=0). Colour depth itself follows the terminal
+(TERM/COLORTERM) or Textual's TEXTUAL_COLOR_SYSTEM=256|standard.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from jobs.workspace import Workspace, resolve_workspace
+
+
+@dataclass(frozen=True)
+class TuiConfig:
+    workspace: Workspace
+    # Runs table and dashboard metrics: a metric written reaches the screen within one interval
+    # plus the engine sink's flush (≤ 0.5 s), so 0.4 s keeps the 1 s promise.
+    poll_interval: float = 0.4
+    # Engine status and GPU memory change slowly and cost a process check + NVML calls.
+    status_interval: float = 2.0
+    theme: str = "textual-dark"
+    # Use the terminal's own 16-colour palette instead of the theme's RGB colours.
+    ansi_color: bool = False
+    # Snapshot tests turn blinking off so every frame is the same.
+    cursor_blink: bool = True
+    log_tail_lines: int = 400
+    # Points drawn per series; the store keeps every point, the screen draws at most this many.
+    plot_points: int = 600
+    smoothing: float = 0.9
+    # Open this run's dashboard at start; when that run completes, open this registered screen.
+    open_run: str | None = None
+    open_when_done: str | None = None
+    # Start the engine at start-up when it is down (the CLI does; tests do not).
+    start_engine: bool = False
+
+    @classmethod
+    def from_env(cls, workspace_arg: str | None = None, **overrides: Any) -> "TuiConfig":
+        values: dict[str, Any] = {}
+        if poll := os.environ.get("TUNEBENCH_POLL"):
+            try:
+                values["poll_interval"] = max(0.05, float(poll))
+            except ValueError:
+                pass  # an unreadable setting falls back to the default rather than stopping the app
+        if theme := os.environ.get("TUNEBENCH_THEME"):
+            values["theme"] = theme
+        if os.environ.get("TUNEBENCH_ANSI", "").lower() in ("1", "true", "yes"):
+            values["ansi_color"] = True
+        values.update(overrides)
+        if os.environ.get("TUNEBENCH_START_ENGINE", "").lower() in ("0", "false", "no"):
+            values["start_engine"] = False  # e.g. a read-only look at a workspace, or a benchmark
+        return cls(workspace=resolve_workspace(workspace_arg), **values)
+
+    def with_(self, **changes: Any) -> "TuiConfig":
+        return replace(self, **changes)

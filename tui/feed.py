@@ -1,0 +1,159 @@
+"""The dashboard's reader: one run's new metric rows, events, log lines and findings per poll.
+
+`DashboardFeed.read()` blocks (SQLite, the log file) and runs in the dashboard's thread worker, one
+call at a time; it returns a `DashboardUpdate` of small, ready-to-draw values (downsampled points,
+formatted figures) that the screen applies on the event loop. No Textual here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tui import format as fmt
+from tui.series import Pace, SeriesSet, recent_pace
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class LineSpec:
+    label: str
+    metric: str
+    colour: str  # theme variable
+    scale: float = 1.0  # divide values by this for display (bytes → GiB)
+
+
+# Plot id → its lines. Memory: what PyTorch holds (allocated), what its caching allocator reserved
+# at peak, and what the device reports used, against the device total.
+PLOTS: dict[str, tuple[LineSpec, ...]] = {
+    "loss": (LineSpec("train", "loss", "primary"), LineSpec("eval", "eval_loss", "warning")),
+    "grad_norm": (LineSpec("grad norm", "grad_norm", "accent"),),
+    "lr": (LineSpec("lr", "lr", "success"),),
+    "memory": (
+        LineSpec("alloc", "mem_allocated", "primary", GIB),
+        LineSpec("reserved", "mem_peak_reserved", "accent", GIB),
+        LineSpec("used", "gpu_mem_used", "warning", GIB),
+        LineSpec("total", "gpu_mem_total", "error", GIB),
+    ),
+    "tokens": (LineSpec("tokens/s", "tokens_per_s", "secondary"),),
+}
+PLOT_TITLES = {"loss": "loss", "grad_norm": "grad norm", "lr": "learning rate", "memory": "GPU memory (GiB)",
+               "tokens": "tokens/s"}
+
+
+@dataclass(frozen=True)
+class PlotLine:
+    label: str
+    colour: str
+    raw: tuple[list[float], list[float]]
+    smoothed: tuple[list[float], list[float]]
+    last: float | None
+
+
+@dataclass
+class DashboardUpdate:
+    run: Any  # jobs.store.Run, or None when the run was deleted
+    plots: dict[str, list[PlotLine]] | None = None  # None: no new metric since the last update
+    figures: list[tuple[str, str]] = field(default_factory=list)
+    log_text: str = ""
+    log_truncated: bool = False
+    events: list = field(default_factory=list)
+    findings: list[dict] | None = None  # None: unchanged
+    pace: Pace | None = None
+    rows_read: int = 0
+
+
+class DashboardFeed:
+    def __init__(self, backend, run_id: str, *, max_points: int = 600, smoothing: float = 0.9):
+        self.backend = backend
+        self.run_id = run_id
+        self.series = SeriesSet(max_points, smoothing)
+        self.log_offset = 0
+        self.last_event_id = 0
+        self.findings_seen: int | None = None
+        self.reads = 0
+
+    def read(self) -> DashboardUpdate:
+        store = self.backend.store
+        run = store.get_run(self.run_id)
+        if run is None:
+            return DashboardUpdate(None)
+        rows = store.metrics_since(self.run_id, self.series.last_id)
+        added = self.series.add_rows(rows)
+        update = DashboardUpdate(run, rows_read=added)
+        if added or self.reads == 0:
+            update.plots = self.plot_lines()
+        update.figures = self.figures(run)
+        update.pace = recent_pace(self.series.get("loss") or _longest(self.series), run.total_steps) \
+            if self.series.series else None
+        chunk = self.backend.read_log(self.run_id, self.log_offset)
+        self.log_offset = chunk.offset
+        update.log_text, update.log_truncated = chunk.text, chunk.truncated
+        update.events = store.events_since(self.run_id, self.last_event_id)
+        if update.events:
+            self.last_event_id = update.events[-1].id
+        if run.findings != self.findings_seen:
+            update.findings = store.findings(self.run_id)
+            self.findings_seen = run.findings
+        self.reads += 1
+        return update
+
+    def plot_lines(self) -> dict[str, list[PlotLine]]:
+        plots: dict[str, list[PlotLine]] = {}
+        for plot_id, specs in PLOTS.items():
+            lines = []
+            for spec in specs:
+                series = self.series.get(spec.metric)
+                if series is None or not len(series):
+                    continue
+                raw = _scaled(series.points(False), spec.scale)
+                smoothed = _scaled(series.points(True), spec.scale)
+                last = series.last / spec.scale if series.last is not None else None
+                lines.append(PlotLine(spec.label, spec.colour, raw, smoothed, last))
+            plots[plot_id] = lines
+        return plots
+
+    def figures(self, run) -> list[tuple[str, str]]:
+        info = run.info or {}
+        series = self.series
+        rows: list[tuple[str, str]] = []
+        trainable, total = info.get("trainable_params"), info.get("total_params")
+        if trainable is not None:
+            share = f" ({trainable / total:.1%})" if total else ""
+            rows.append(("trainable", f"{fmt.count(trainable)} / {fmt.count(total)}{share}" if total else fmt.count(trainable)))
+        tokens = series.last("tokens_seen")
+        rows.append(("tokens seen", fmt.count(tokens) if tokens is not None else "—"))
+        if run.best_eval_loss is not None:
+            rows.append(("best eval", f"{fmt.number(run.best_eval_loss)} @ step {run.best_eval_step}"))
+        else:
+            rows.append(("best eval", "—"))
+        peak = _max(series, "mem_peak_allocated")
+        reserved = _max(series, "mem_peak_reserved")
+        if peak is not None or reserved is not None:
+            rows.append(("peak memory", f"{fmt.size(peak)}, {fmt.gib(reserved)} reserved"))
+        else:
+            rows.append(("peak memory", "— (no CUDA)" if info.get("device") in (None, "cpu") else "—"))
+        speed = series.last("tokens_per_s")
+        rows.append(("tokens/s", f"{speed:,.0f}" if speed is not None else "—"))
+        epoch = series.last("epoch")
+        if epoch is not None:
+            rows.append(("epoch", f"{epoch:.2f}"))
+        setup = " · ".join(str(info[k]) for k in ("method", "precision", "device") if info.get(k))
+        if setup:
+            rows.append(("setup", setup))
+        return rows
+
+
+def _scaled(points: tuple[list[float], list[float]], scale: float) -> tuple[list[float], list[float]]:
+    xs, ys = points
+    return (xs, ys) if scale == 1.0 else (xs, [y / scale for y in ys])
+
+
+def _max(series: SeriesSet, name: str) -> float | None:
+    found = series.get(name)
+    return found.maximum() if found else None
+
+
+def _longest(series: SeriesSet):
+    return max(series.series.values(), key=len)

@@ -1,0 +1,1 @@
+"""Screens of the TUI; app.NAVIGATION lists them and imports each lazily."""

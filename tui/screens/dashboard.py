@@ -1,0 +1,268 @@
+"""One run, live: plots, progress, key figures, the log and the doctor's findings.
+
+A thread worker reads only the rows newer than the last it saw (DashboardFeed) and posts a
+DashboardUpdate; the screen draws it. A finished run is read once more after it ends, then the
+screen stops polling and shows the same, frozen. If the run starts again (resume), polling resumes.
+"""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal
+from textual.content import Content
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Log, ProgressBar, Static
+
+from tui import format as fmt
+from tui.backend import user_message
+from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
+from tui.widgets.panels import FindingsPanel, KeyFigures
+from tui.widgets.plot import Line, MetricPlot
+from tui.widgets.status import StatusLine
+
+SMOOTHABLE = {"loss", "grad_norm", "tokens"}
+VALUE_FORMATS = {
+    "lr": lambda v: f"{v:.2e}",
+    "memory": lambda v: f"{v:.1f}",
+    "tokens": lambda v: f"{v:,.0f}",
+}
+
+
+class DashboardScreen(Screen):
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("m", "toggle_smoothing", "Smooth"),
+        Binding("g", "toggle_log_scale", "Log scale"),
+        Binding("v", "toggle_log_view", "Log/events"),
+        Binding("z", "zoom", "Zoom plot"),
+        Binding("c", "cancel_run", "Cancel run"),
+        Binding("r", "resume_run", "Resume"),
+    ]
+
+    class Updated(Message):
+        def __init__(self, update: DashboardUpdate):
+            super().__init__()
+            self.update = update
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self.smoothing = False
+        self.log_scale = False
+        self.show_events = False
+        self.run = None
+        self.frozen = False
+        self._worker = None
+        self._plots: dict[str, list[PlotLine]] = {}
+        self._event_lines: list[str] = []
+        self._log_lines: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine("Run")
+        yield Static("", id="dash-head")
+        with Horizontal(id="dash-progress"):
+            yield ProgressBar(total=None, show_eta=False, id="dash-bar")
+            yield Static("", id="dash-eta")
+        with Grid(id="plots"):
+            for plot_id in PLOTS:
+                yield MetricPlot(PLOT_TITLES[plot_id], id=f"plot-{plot_id}")
+            yield KeyFigures(id="figures")
+        with Horizontal(id="dash-bottom"):
+            yield Log(max_lines=self.app.config.log_tail_lines, id="run-log", auto_scroll=True)
+            yield FindingsPanel(id="findings")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        config = self.app.config
+        self.feed = DashboardFeed(self.app.backend, self.run_id, max_points=config.plot_points,
+                                  smoothing=config.smoothing)
+        self.query_one("#run-log", Log).border_title = "run.log"
+        self.query_one("#plot-memory", MetricPlot).set_empty("no GPU memory reported")
+        self.app.state_signal.subscribe(self, self._on_state)
+        self._timer = self.set_interval(config.poll_interval, self.poll)
+        self.poll()
+
+    # ----------------------------------------------------------------- polling
+
+    def poll(self) -> None:
+        if self.frozen or (self._worker is not None and self._worker.is_running):
+            return
+        self._worker = self._read()
+
+    @work(thread=True, group="dashboard", exit_on_error=False)
+    def _read(self) -> None:
+        try:
+            update = self.feed.read()
+        except Exception as exc:
+            self.app.call_from_thread(self._failed, exc)
+            return
+        self.post_message(self.Updated(update))
+
+    def _failed(self, exc: Exception) -> None:
+        message = user_message(exc)
+        if getattr(self, "_last_error", None) != message:
+            self._last_error = message
+            self.notify(message, title="cannot read the run", severity="error")
+
+    def _on_state(self, _: object) -> None:
+        """A frozen (finished) run that becomes active again (resume) is followed live again."""
+        overview = self.app.overview
+        run = overview.run(self.run_id) if overview else None
+        if self.frozen and run is not None and run.state in fmt.ACTIVE_STATES:
+            self.frozen = False
+            self.poll()
+
+    @on(Updated)
+    def _apply(self, message: Updated) -> None:
+        update = message.update
+        if update.run is None:
+            self.query_one("#dash-head", Static).update(Content.from_markup("[$error]This run was deleted.[/]"))
+            self.frozen = True
+            return
+        run = self.run = update.run
+        self.app.selected_run_id = run.id
+        self.query_one(StatusLine).set_title(f"Run {run.name}")
+        self._show_head(run)
+        self._show_progress(run, update)
+        if update.plots is not None:
+            self._plots = update.plots
+            self._draw_plots()
+        self.query_one(KeyFigures).show(update.figures)
+        if update.log_text:
+            lines = update.log_text.rstrip("\n").split("\n")
+            if update.log_truncated:
+                lines.insert(0, "… (earlier lines are in run.log)")
+            self._log_lines = (self._log_lines + lines)[-self.app.config.log_tail_lines:]
+            if not self.show_events:
+                self.query_one("#run-log", Log).write_lines(lines)
+        if update.events:
+            lines = [self._event_line(e) for e in update.events]
+            self._event_lines = (self._event_lines + lines)[-self.app.config.log_tail_lines:]
+            if self.show_events:
+                self.query_one("#run-log", Log).write_lines(lines)
+        if update.findings is not None:
+            self.query_one(FindingsPanel).show(update.findings)
+        # One last read after the run ends has everything: stop polling (the view is frozen).
+        if run.state not in fmt.ACTIVE_STATES and update.rows_read == 0 and not update.log_text:
+            self.frozen = True
+        self.refresh_bindings()
+
+    @staticmethod
+    def _event_line(event) -> str:
+        mark = {"error": "✗", "warning": "⚠"}.get(event.level, "·")
+        step = f" [step {event.step}]" if event.step is not None else ""
+        return f"{mark}{step} {event.text}".replace("\n", " ")
+
+    # ----------------------------------------------------------------- drawing
+
+    def _show_head(self, run) -> None:
+        style = fmt.STATE_STYLES.get(run.state, "")
+        parts = [
+            Content.from_markup("[b]$name[/]", name=run.name),
+            Content.from_markup(f"[{style}]$icon $state[/]", icon=fmt.STATE_ICONS.get(run.state, ""), state=run.state),
+            Content.from_markup("[$text-muted]$kind · $id[/]", kind=run.kind, id=run.id),
+        ]
+        if run.gpu:
+            parts.append(Content(f"GPU {run.gpu}" if run.gpu != "cpu" else "CPU"))
+        head = Content("  ").join(parts)
+        if run.error:
+            head += Content.from_markup("\n[$error]$error[/]", error=run.error.splitlines()[0])
+        if run.advice:
+            head += Content.from_markup("\n→ $advice", advice=run.advice.splitlines()[0])
+        self.query_one("#dash-head", Static).update(head)
+
+    def _show_progress(self, run, update: DashboardUpdate) -> None:
+        bar = self.query_one("#dash-bar", ProgressBar)
+        if run.total_steps:
+            bar.update(total=run.total_steps, progress=min(run.step, run.total_steps))
+        elif run.state not in fmt.ACTIVE_STATES:
+            bar.update(total=1, progress=1 if run.state == "completed" else 0)  # no endless "busy" animation
+        now = self.app.backend.clock()
+        elapsed = fmt.elapsed(run, now)
+        text = f"step {run.step}/{run.total_steps or '?'}"
+        if run.state == "running":
+            pace = update.pace
+            left = pace.seconds_left if pace and pace.seconds_left is not None else fmt.eta(run.step, run.total_steps, elapsed)
+            if left is not None:
+                text += f" · ETA {fmt.duration(left)}"
+            if pace:
+                text += f" · {pace.steps_per_s:.2f} step/s"
+        elif run.state == "queued":
+            text += " · waiting in the queue"
+        else:
+            text += f" · {run.state} after {fmt.duration(elapsed)}"
+        self.query_one("#dash-eta", Static).update(text)
+
+    def _draw_plots(self) -> None:
+        for plot_id in PLOTS:
+            plot = self.query_one(f"#plot-{plot_id}", MetricPlot)
+            lines = self._plots.get(plot_id, [])
+            smooth = self.smoothing and plot_id in SMOOTHABLE
+            drawn = [Line(l.label, *(l.smoothed if smooth and l.label != "eval" else l.raw), l.colour) for l in lines]
+            notes = []
+            if smooth:
+                notes.append("smoothed")
+            log_y = self.log_scale and plot_id in ("loss", "grad_norm")
+            if log_y:
+                notes.append("log")
+            value = VALUE_FORMATS.get(plot_id, fmt.number)
+            subtitle = "  ".join(f"{l.label} {value(l.last)}" for l in lines if l.last is not None)
+            plot.set_lines(drawn, log_y=log_y, note=" ".join(notes), subtitle=subtitle)
+
+    # ----------------------------------------------------------------- actions
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        else:
+            self.app.action_open_screen("runs")
+
+    def action_toggle_smoothing(self) -> None:
+        self.smoothing = not self.smoothing
+        self._draw_plots()
+        self.notify(f"Smoothing {'on' if self.smoothing else 'off'} (EMA {self.app.config.smoothing}).", timeout=2)
+
+    def action_toggle_log_scale(self) -> None:
+        self.log_scale = not self.log_scale
+        self._draw_plots()
+        self.notify(f"Log scale {'on' if self.log_scale else 'off'} (loss and grad norm).", timeout=2)
+
+    def action_toggle_log_view(self) -> None:
+        self.show_events = not self.show_events
+        log = self.query_one("#run-log", Log)
+        log.clear()
+        log.border_title = "events" if self.show_events else "run.log"
+        log.write_lines(self._event_lines if self.show_events else self._log_lines)
+
+    def action_zoom(self) -> None:
+        if self.maximized is not None:
+            self.minimize()
+            return
+        focused = self.focused
+        target = focused if isinstance(focused, MetricPlot) else self.query_one("#plot-loss", MetricPlot)
+        self.maximize(target)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        run = self.run
+        if action == "cancel_run":
+            return bool(run and run.state in fmt.ACTIVE_STATES) or None
+        if action == "resume_run":
+            return bool(run and run.state in ("interrupted", "cancelled", "failed")) or None
+        return True
+
+    def action_cancel_run(self) -> None:
+        if self.run is None:
+            return
+        name = self.run.name
+        self.app.call_blocking(f"cancel {name}", self.app.backend.cancel, self.run_id,
+                               then=lambda _: self.notify(f"{name}: cancel requested.", timeout=4))
+
+    def action_resume_run(self) -> None:
+        if self.run is None:
+            return
+        name = self.run.name
+        self.app.call_blocking(f"resume {name}", self.app.backend.resume, self.run_id,
+                               then=lambda _: self.notify(f"{name} queued to resume.", timeout=4))

@@ -1,0 +1,257 @@
+"""Small dialogs: confirm, ask for a name, submit a preset, show a diff."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.content import Content
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.suggester import SuggestFromList
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tui.backend import user_message
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """Yes or no; `y`/enter confirms, `n`/escape declines."""
+
+    BINDINGS = [
+        Binding("y", "answer(True)", "Yes"),
+        Binding("n,escape", "answer(False)", "No"),
+    ]
+
+    def __init__(self, question: str, confirm_label: str = "Yes"):
+        super().__init__()
+        self.question = question
+        self.confirm_label = confirm_label
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.question, classes="dialog-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
+                yield Button("Cancel (n)", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()  # the safe answer is the default
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class NameScreen(ModalScreen[str | None]):
+    """Ask for a preset name (save as, duplicate)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, prompt: str, initial: str = "", taken: set[str] | None = None):
+        super().__init__()
+        self.prompt = prompt
+        self.initial = initial
+        self.taken = taken or set()
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.prompt, classes="dialog-text")
+            yield Input(self.initial, id="name", placeholder="name (letters, digits, - and _)")
+            yield Static("", id="name-error", classes="error-text")
+
+    def on_mount(self) -> None:
+        self.query_one(Input).cursor_blink = self.app.config.cursor_blink
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        name = event.value.strip()
+        problem = name_problem(name)
+        if problem is None and name in self.taken:
+            problem = f"a workspace preset named {name} exists already"
+        if problem:
+            self.query_one("#name-error", Static).update(problem)
+            return
+        self.dismiss(name)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def name_problem(name: str) -> str | None:
+    if not name:
+        return "type a name"
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        return "use letters, digits, '-', '_' and '.' only"
+    return None
+
+
+class DiffScreen(ModalScreen[None]):
+    """A unified diff, scrollable; escape or q closes it."""
+
+    BINDINGS = [Binding("escape,q", "close", "Close")]
+
+    def __init__(self, title: str, diff_text: str):
+        super().__init__()
+        self.title_text = title
+        self.diff_text = diff_text
+
+    def compose(self) -> ComposeResult:
+        from rich.syntax import Syntax  # pygments: loaded when a diff is first shown, not at start-up
+
+        with Vertical(classes="dialog wide"):
+            yield Label(self.title_text, classes="dialog-title")
+            with VerticalScroll(id="diff-scroll"):
+                if self.diff_text:
+                    yield Static(Syntax(self.diff_text, "diff", theme="ansi_dark", background_color="default"))
+                else:
+                    yield Static("No differences.")
+            yield Label("escape closes", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#diff-scroll").focus()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass
+class SubmitRequest:
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+def parse_overrides(text: str) -> list[str]:
+    """`training.lr=1e-4 data.system_prompt="Be brief"` → ["training.lr=1e-4", "data.system_prompt=Be brief"]."""
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise ValueError(f"overrides: {exc} (close the quote)") from None
+    bad = [t for t in tokens if "=" not in t]
+    if bad:
+        raise ValueError(f"overrides: {bad[0]!r} is not key.path=value")
+    return tokens
+
+
+class SubmitScreen(ModalScreen[SubmitRequest | None]):
+    """Pick a preset, add --set overrides, optionally name the run. Validated before it closes."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+r", "submit", "Submit")]
+
+    def __init__(self, preset: str | None = None, overrides: str = "", text: str | None = None):
+        """`text`: submit this YAML (the presets editor's, maybe unsaved) instead of a preset file."""
+        super().__init__()
+        self.initial_preset = preset
+        self.initial_overrides = overrides
+        self.text = text
+        self.entries: list[tuple[str, str, str]] = []  # (name, origin, description)
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog wide", id="submit-dialog"):
+            yield Label("Submit a run", classes="dialog-title")
+            if self.text is not None:
+                yield Label(f"preset: {self.initial_preset} (the editor's text, saved or not)")
+            else:
+                yield Input(self.initial_preset or "", id="preset", placeholder="preset name or YAML path")
+                yield OptionList(id="preset-list")
+            yield Input(self.initial_overrides, id="overrides",
+                        placeholder="overrides: training.max_steps=500 training.lr=1e-4")
+            yield Input("", id="run-name", placeholder="run name (optional)")
+            yield Static("", id="submit-error", classes="error-text")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Submit (enter)", variant="primary", id="submit")
+                yield Button("Cancel (esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        for widget in self.query(Input):
+            widget.cursor_blink = self.app.config.cursor_blink
+        if self.text is not None:
+            self.query_one("#overrides", Input).focus()
+            return
+        self.query_one("#preset", Input).focus()
+        self._load_entries()
+
+    @work(thread=True, exit_on_error=False)
+    def _load_entries(self) -> None:
+        from presets import load_preset
+
+        entries = []
+        backend = self.app.backend
+        for name, origin, path in backend.preset_entries():
+            try:
+                description = load_preset(str(path), backend.workspace.root).description
+            except Exception:
+                description = "(invalid — open it on the Presets screen)"
+            entries.append((name, origin, description))
+        self.app.call_from_thread(self._show_entries, entries)
+
+    def _show_entries(self, entries: list[tuple[str, str, str]]) -> None:
+        self.entries = entries
+        preset_input = self.query_one("#preset", Input)
+        preset_input.suggester = SuggestFromList([name for name, _, _ in entries], case_sensitive=False)
+        if not preset_input.value and entries:
+            preset_input.value = entries[0][0]
+        self._filter(preset_input.value)
+
+    @on(Input.Changed, "#preset")
+    def _preset_typed(self, event: Input.Changed) -> None:
+        self._filter(event.value)
+
+    def _filter(self, text: str) -> None:
+        options = self.query_one("#preset-list", OptionList)
+        options.clear_options()
+        needle = text.strip().lower()
+        matching = [e for e in self.entries if needle in e[0].lower()] or self.entries
+        for name, origin, description in matching:
+            options.add_option(Option(Content.assemble(name, "  ", (f"{origin} · {description}", "dim")), id=name))
+        exact = next((i for i, e in enumerate(matching) if e[0] == text.strip()), 0 if matching else None)
+        options.highlighted = exact
+
+    @on(OptionList.OptionSelected, "#preset-list")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        with self.prevent(Input.Changed):
+            self.query_one("#preset", Input).value = event.option.id or ""
+        self.query_one("#overrides", Input).focus()
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#submit")
+    def action_submit(self) -> None:
+        preset = self.initial_preset if self.text is not None else self.query_one("#preset", Input).value.strip()
+        if not preset:
+            self._error("type or pick a preset")
+            return
+        try:
+            overrides = parse_overrides(self.query_one("#overrides", Input).value)
+        except ValueError as exc:
+            self._error(str(exc))
+            return
+        name = self.query_one("#run-name", Input).value.strip() or None
+        self._validate(SubmitRequest(preset, overrides, name))
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def _validate(self, request: SubmitRequest) -> None:
+        from presets import load_preset, load_preset_text
+
+        try:
+            if self.text is not None:
+                load_preset_text(self.text, request.preset, request.overrides)
+            else:
+                load_preset(request.preset, self.app.backend.workspace.root, request.overrides)
+        except Exception as exc:
+            self.app.call_from_thread(self._error, user_message(exc))
+            return
+        self.app.call_from_thread(self.dismiss, request)
+
+    def _error(self, text: str) -> None:
+        self.query_one("#submit-error", Static).update(text)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)

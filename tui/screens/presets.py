@@ -1,0 +1,414 @@
+"""Presets: pick one, edit its YAML (validated as you type), or use the form; save, copy, diff, submit.
+
+The YAML text is the one source of truth. The form writes single values into it as TextArea edits
+(tui.preset_yaml.plan_edit: comments, order and undo survive); every change of the text is
+validated in a worker and the result fills the problem list, the gutter marks and the form.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, OptionList, TextArea
+from textual.widgets.option_list import Option
+
+from tui.backend import user_message
+from tui.preset_yaml import EditError, copy_of, origin_of, parse_field, plan_edit
+from tui.screens.modals import ConfirmScreen, DiffScreen, NameScreen, SubmitRequest, SubmitScreen
+from tui.widgets.preset_form import PresetForm
+from tui.widgets.status import StatusLine
+from tui.widgets.yaml_editor import YamlEditor
+
+
+@dataclass(frozen=True)
+class PresetEntry:
+    name: str
+    origin: str  # "built-in" | "workspace"
+    path: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.origin}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Validation:
+    text: str
+    data: dict | None  # the parsed YAML, when it parses
+    problems: list  # presets.Problem
+    kind: str | None  # the preset kind when valid
+
+
+class PresetsScreen(Screen):
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("ctrl+n", "save_as", "Save as"),
+        Binding("ctrl+t", "duplicate", "Duplicate"),
+        Binding("ctrl+g", "diff", "Diff"),
+        Binding("ctrl+r", "submit", "Submit"),
+        Binding("escape", "focus_list", "List", show=False),
+    ]
+
+    class Listed(Message):
+        def __init__(self, entries: list[PresetEntry], select: str | None):
+            super().__init__()
+            self.entries = entries
+            self.select = select
+
+    class Loaded(Message):
+        def __init__(self, entry: PresetEntry, text: str):
+            super().__init__()
+            self.entry = entry
+            self.text = text
+
+    class Validated(Message):
+        def __init__(self, validation: Validation):
+            super().__init__()
+            self.validation = validation
+
+    def __init__(self):
+        super().__init__()
+        self.entries: list[PresetEntry] = []
+        self.current: PresetEntry | None = None
+        self.saved_text = ""
+        self.validation: Validation | None = None
+
+    def compose(self) -> ComposeResult:
+        yield StatusLine("Presets")
+        with Horizontal(id="presets-body"):
+            with Vertical(id="preset-list-pane"):
+                yield OptionList(id="preset-names")
+            with Vertical(id="editor-pane"):
+                yield YamlEditor(id="editor")
+                yield OptionList(id="problems")
+            yield PresetForm()
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#preset-names", OptionList).border_title = "presets"
+        editor = self.query_one(YamlEditor)
+        editor.cursor_blink = self.app.config.cursor_blink
+        editor.border_title = "YAML"
+        self.query_one("#problems", OptionList).border_title = "problems"
+        self.list_presets()
+        self.query_one("#preset-names", OptionList).focus()
+
+    def on_resize(self) -> None:
+        self.set_class(self.size.width < 110, "narrow")
+
+    # ----------------------------------------------------------------- list and load
+
+    @work(thread=True, group="presets-io", exit_on_error=False)
+    def list_presets(self, select: str | None = None) -> None:
+        try:
+            entries = [PresetEntry(*e) for e in self.app.backend.preset_entries()]
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, user_message(exc), title="cannot list presets", severity="error")
+            return
+        self.post_message(self.Listed(entries, select))
+
+    @on(Listed)
+    def _listed(self, message: Listed) -> None:
+        self.entries = message.entries
+        names = self.query_one("#preset-names", OptionList)
+        names.clear_options()
+        for origin in ("built-in", "workspace"):
+            group = [e for e in self.entries if e.origin == origin]
+            names.add_option(Option(Content.from_markup(f"[b $text-muted]{origin}[/]"), disabled=True))
+            if not group and origin == "workspace":
+                names.add_option(Option(Content.from_markup("[$text-muted]none yet (^t)[/]"), disabled=True))
+            for entry in group:
+                names.add_option(Option(entry.name, id=entry.key))
+        wanted = message.select or (self.current.key if self.current else None)
+        keys = [e.key for e in self.entries]
+        # The user's own presets first: they are what is being worked on.
+        fallback = next((e.key for e in self.entries if e.origin == "workspace"), keys[0] if keys else None)
+        chosen = wanted if wanted in keys else fallback
+        if chosen is None:
+            return
+        names.highlighted = names.get_option_index(chosen)
+        if self.current is None or chosen != self.current.key:
+            self.load(self.entries[keys.index(chosen)])
+
+    @on(OptionList.OptionSelected, "#preset-names")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        entry = next((e for e in self.entries if e.key == event.option.id), None)
+        if entry is None or (self.current and entry.key == self.current.key):
+            self.query_one(YamlEditor).focus()
+            return
+        if self.modified:
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.load(entry)
+            self.app.push_screen(ConfirmScreen(f"Discard the unsaved changes to {self.current.name}?", "Discard"),
+                                 answered)
+            return
+        self.load(entry)
+
+    def load(self, entry: PresetEntry) -> None:
+        self._read_preset(entry)
+
+    @work(thread=True, group="presets-io", exit_on_error=False)
+    def _read_preset(self, entry: PresetEntry) -> None:
+        try:
+            text = self.app.backend.read_text(entry.path)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, user_message(exc), title=f"cannot open {entry.name}", severity="error")
+            return
+        self.post_message(self.Loaded(entry, text))
+
+    @on(Loaded)
+    def _loaded(self, message: Loaded) -> None:
+        self.current = message.entry
+        self.saved_text = message.text
+        editor = self.query_one(YamlEditor)
+        editor.load_text(message.text)
+        editor.border_title = f"{message.entry.name}.yaml ({message.entry.origin})"
+        self._update_title()
+        self.validate(message.text)
+
+    @property
+    def modified(self) -> bool:
+        return self.current is not None and self.query_one(YamlEditor).text != self.saved_text
+
+    @property
+    def unsaved_name(self) -> str:
+        return f"preset {self.current.name}" if self.current else "the preset"
+
+    def discard_changes(self) -> None:
+        """The user chose to leave without saving (the app asks before it calls this)."""
+        self.saved_text = self.query_one(YamlEditor).text
+
+    def _update_title(self) -> None:
+        if self.current is None:
+            return
+        mark = " ●" if self.modified else ""
+        self.query_one(StatusLine).set_title(f"Presets › {self.current.name}{mark}")
+
+    # ----------------------------------------------------------------- validation
+
+    @on(TextArea.Changed, "#editor")
+    def _edited(self, event: TextArea.Changed) -> None:
+        self._update_title()
+        self.validate(event.text_area.text)
+
+    @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
+    def validate(self, text: str) -> None:
+        self.post_message(self.Validated(check_text(text, self.current.name if self.current else "<editor>")))
+
+    @on(Validated)
+    def _validated(self, message: Validated) -> None:
+        validation = message.validation
+        editor = self.query_one(YamlEditor)
+        if validation.text != editor.text:
+            return  # a newer edit is being checked
+        self.validation = validation
+        rows: dict[int, str] = {}
+        for problem in validation.problems:
+            if problem.line:
+                rows.setdefault(problem.line - 1, f"{problem.path}: {problem.message}" if problem.path else problem.message)
+        editor.set_problems(rows)
+        problems = self.query_one("#problems", OptionList)
+        problems.clear_options()
+        problems.set_class(not validation.problems, "ok")
+        if validation.problems:
+            problems.border_title = f"{len(validation.problems)} problem(s) — enter jumps to the line"
+            for index, problem in enumerate(validation.problems):
+                where = f"line {problem.line:>3}  " if problem.line else "          "
+                key = f"{problem.path}: " if problem.path else ""
+                problems.add_option(Option(Content.from_markup("[$error]$where[/]$key$message", where=where, key=key,
+                                                               message=problem.message), id=str(index)))
+        else:
+            problems.border_title = "problems"
+            problems.add_option(Option(Content.from_markup(f"[$success]✓ a valid {validation.kind} preset[/]"),
+                                       disabled=True))
+        paths = {tuple(p.path.split(".")) for p in validation.problems if p.path}
+        self.query_one(PresetForm).show(validation.data, paths)
+
+    @on(OptionList.OptionSelected, "#problems")
+    def _jump(self, event: OptionList.OptionSelected) -> None:
+        if self.validation is None or event.option.id is None:
+            return
+        problem = self.validation.problems[int(event.option.id)]
+        editor = self.query_one(YamlEditor)
+        if problem.line:
+            row = problem.line - 1
+            line = editor.document.get_line(row) if row < editor.document.line_count else ""
+            editor.move_cursor((row, len(line) - len(line.lstrip())), center=True)
+        editor.focus()
+
+    # ----------------------------------------------------------------- form → YAML
+
+    @on(PresetForm.FieldChanged)
+    def _form_changed(self, message: PresetForm.FieldChanged) -> None:
+        editor = self.query_one(YamlEditor)
+        try:
+            edit = plan_edit(editor.text, message.field.path, parse_field(message.field, message.text))
+        except EditError as exc:
+            self.notify(str(exc), title=f"cannot set {message.field.label}", severity="warning", timeout=4)
+            return
+        editor.replace(edit.insert, edit.start, edit.end)
+
+    # ----------------------------------------------------------------- actions
+
+    def action_focus_list(self) -> None:
+        self.query_one("#preset-names", OptionList).focus()
+
+    def action_save(self) -> None:
+        if self.current is None:
+            return
+        if self.current.origin == "built-in":
+            self.notify("Built-in presets are read-only: saving a copy in the workspace.", timeout=3)
+            self.action_save_as()
+            return
+        self._save(self.current.name, self.query_one(YamlEditor).text)
+
+    def _taken(self) -> set[str]:
+        return {e.name for e in self.entries if e.origin == "workspace"}
+
+    def action_save_as(self) -> None:
+        if self.current is None:
+            return
+        text = self.query_one(YamlEditor).text
+        origin = self.current.name if self.current.origin == "built-in" else origin_of(text)
+        suggestion = f"{self.current.name}-copy" if self.current.origin == "built-in" else ""
+
+        def named(name: str | None) -> None:
+            if name:
+                self._save_copy(text, name, origin)
+
+        self.app.push_screen(NameScreen("Save as workspace preset:", suggestion, self._taken()), named)
+
+    def action_duplicate(self) -> None:
+        """Copy the highlighted preset as it is on disk (not the editor's changes) into the workspace."""
+        names = self.query_one("#preset-names", OptionList)
+        if names.highlighted is None:
+            return
+        key = names.get_option_at_index(names.highlighted).id
+        entry = next((e for e in self.entries if e.key == key), None)
+        if entry is None:
+            return
+
+        def named(name: str | None) -> None:
+            if name:
+                self._duplicate(entry, name)
+
+        self.app.push_screen(NameScreen(f"Duplicate {entry.name} as:", f"{entry.name}-copy", self._taken()), named)
+
+    @work(thread=True, group="presets-io", exit_on_error=False)
+    def _duplicate(self, entry: PresetEntry, name: str) -> None:
+        try:
+            text = self.app.backend.read_text(entry.path)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, user_message(exc), title="cannot duplicate", severity="error")
+            return
+        origin = entry.name if entry.origin == "built-in" else origin_of(text)
+        self.app.call_from_thread(self._save_copy, text, name, origin)
+
+    def _save_copy(self, text: str, name: str, origin: str | None) -> None:
+        try:
+            copy = copy_of(text, name, origin)
+        except EditError as exc:
+            self.notify(str(exc), title="cannot rename the copy", severity="error")
+            return
+        self._save(name, copy, select=f"workspace:{name}")
+
+    def _save(self, name: str, text: str, select: str | None = None) -> None:
+        def saved(path: Path) -> None:
+            if self.current is not None and self.current.origin == "workspace" and self.current.name == name:
+                self.saved_text = text
+                self._update_title()
+            self.notify(f"Saved {path}.", timeout=3)
+            if select is not None:
+                self.current = None  # load the new file into the editor
+            self.list_presets(select)
+
+        self.app.call_blocking(f"save {name}", self.app.backend.save_preset, name, text, then=saved)
+
+    def action_diff(self) -> None:
+        if self.current is None:
+            return
+        self._diff(self.current, self.query_one(YamlEditor).text)
+
+    @work(thread=True, group="presets-io", exit_on_error=False)
+    def _diff(self, entry: PresetEntry, text: str) -> None:
+        try:
+            title, diff = diff_against_builtin(entry, text, self.entries, self.app.backend.read_text)
+        except Exception as exc:
+            self.app.call_from_thread(self.notify, user_message(exc), title="cannot diff", severity="error")
+            return
+        self.app.call_from_thread(self.app.push_screen, DiffScreen(title, diff))
+
+    def action_submit(self) -> None:
+        if self.current is None:
+            return
+        text = self.query_one(YamlEditor).text
+        source = self.current.name
+
+        def chosen(request: SubmitRequest | None) -> None:
+            if request is None:
+                return
+            backend = self.app.backend
+            self.app.call_blocking(
+                f"submit {source}", backend.submit_text, text, source, name=request.name,
+                overrides=request.overrides,
+                then=lambda run: self.notify(f"{run.name} queued ({run.id}); press 1 to watch the queue.", timeout=5))
+
+        self.app.push_screen(SubmitScreen(preset=source, text=text), chosen)
+
+
+def check_text(text: str, source: str) -> Validation:
+    """Parse and validate editor text; never raises."""
+    from presets import PresetError, Problem, load_preset_text
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        data = None
+    if not isinstance(data, dict):
+        data = None
+    try:
+        preset = load_preset_text(text, source)
+    except PresetError as exc:
+        return Validation(text, data, list(exc.problems), None)
+    except Exception as exc:  # the validator itself failed: say so in place rather than crash
+        return Validation(text, data, [Problem("", f"cannot validate: {exc}")], None)
+    return Validation(text, data, [], preset.kind)
+
+
+def diff_against_builtin(entry: PresetEntry, text: str, entries: list[PresetEntry], read_text) -> tuple[str, str]:
+    """(title, unified diff) of `text` against the built-in it came from.
+
+    A built-in diffs against its file (the unsaved edits); a workspace preset against the built-in
+    named in its "# based on built-in preset:" line, else against the most similar built-in.
+    """
+    builtins = {e.name: e for e in entries if e.origin == "built-in"}
+    if entry.origin == "built-in":
+        base_name, how = entry.name, "unsaved changes"
+    else:
+        base_name = origin_of(text)
+        how = "copied from"
+        if base_name not in builtins:
+            scores = {name: difflib.SequenceMatcher(None, read_text(e.path), text).ratio() for name, e in builtins.items()}
+            if not scores:
+                raise ValueError("there are no built-in presets to compare with")
+            base_name, how = max(scores, key=scores.get), "most similar built-in"
+    base_text = read_text(builtins[base_name].path)
+    diff = "".join(difflib.unified_diff(
+        base_text.splitlines(keepends=True), _with_newline(text).splitlines(keepends=True),
+        fromfile=f"built-in/{base_name}.yaml", tofile=f"{entry.name}.yaml (editor)"))
+    return f"{entry.name} against built-in {base_name} ({how})", diff
+
+
+def _with_newline(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
