@@ -126,6 +126,9 @@ class DbSink:
     def finding(self, finding: dict[str, Any]) -> None:
         self.flush()
         self.store.add_finding(self.run_id, finding)
+        if finding.get("rule") == "memory":
+            # The measured CUDA peak beside the preflight estimate, where `tunebench doctor RUN` looks first.
+            self.store.update_run(self.run_id, info={"memory": finding.get("evidence", {})})
         severity = finding.get("severity", "info")
         level = {"error": "error", "warning": "warning"}.get(severity, "info")
         title = finding.get("title") or finding.get("rule", "finding")

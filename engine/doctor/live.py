@@ -1,0 +1,157 @@
+"""The doctor during training: the metric rules run on the series so far, at every report.
+
+The training callback calls `LiveDoctor(preset).observe(step, values)` at each logging and
+evaluation step and hands every returned finding to the sink. A finding is returned once, and
+again only when it materially changes (it gets worse, or a new episode starts: a new turn of the
+loss, a new best eval step, more spikes); `Finding.stop` is set when the preset asks to stop on it.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+from engine.doctor import Finding
+from engine.doctor.rules import SEVERITY_RANK, analyse
+
+TRACKED = ("loss", "eval_loss", "grad_norm", "lr", "epoch")
+# Re-running every rule on a long run at every report would cost O(n²); past this many logged
+# points the rules run every few reports (a NaN or an evaluation always triggers a run).
+FULL_EVERY_POINTS = 400
+
+
+def _resolved_precision(precision: str) -> str:
+    """Resolve "auto" as the engine does, when torch is loaded already (in the engine); else keep it."""
+    if precision != "auto" or "torch" not in sys.modules:
+        return precision
+    try:
+        from engine.models import resolve_precision
+
+        return resolve_precision(precision)
+    except Exception:  # the advice then covers both fp16 and the rest
+        return precision
+
+
+def _bucket(count: int) -> int:
+    """1, 2-3, 4-7, 8-15 …: a spike count that doubles is news, one more spike is not."""
+    return max(0, int(count)).bit_length()
+
+
+def _episode(finding: Finding) -> tuple:
+    """What makes a finding news again, beyond a higher severity."""
+    evidence = finding.evidence
+    kind = evidence.get("kind")
+    if finding.rule == "spikes":
+        return (_bucket(evidence.get("count", 1)),)
+    if finding.rule == "overfitting":
+        return (kind, evidence.get("best_step"))
+    if finding.rule == "divergence":
+        return (finding.step_start,)
+    return (kind,)
+
+
+class LiveDoctor:
+    """Incremental findings for one run; one instance per run."""
+
+    def __init__(self, preset: Any, *, precision: str | None = None, total_steps: int | None = None):
+        self.preset = preset
+        training = getattr(preset, "training", None)
+        doctor = getattr(preset, "doctor", None)
+        self.precision = precision or _resolved_precision(getattr(training, "precision", None) or "auto")
+        self.max_grad_norm = getattr(training, "max_grad_norm", None)
+        self.lr_schedule = getattr(training, "scheduler", None)
+        self.total_steps = total_steps or getattr(training, "max_steps", None)
+        self.stop_on_nan = bool(getattr(doctor, "stop_on_nan", True))
+        self.stop_on_divergence = bool(getattr(doctor, "stop_on_divergence", False))
+        self.series: dict[str, list[tuple[int, float]]] = {name: [] for name in TRACKED}
+        self._reported: dict[tuple, tuple[int, tuple]] = {}  # (rule, kind) -> (severity rank, episode)
+        self._calls = 0
+        self._peak_watch = None  # made at the first CUDA memory report
+        self.findings: list[Finding] = []  # every finding reported so far, in order
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """The engine knows the step count only once the trainer is built."""
+        if total_steps:
+            self.total_steps = int(total_steps)
+
+    def observe(self, step: int, values: dict[str, Any]) -> list[Finding]:
+        """Record one report's metrics; return the findings that are new or changed."""
+        self._calls += 1
+        memory = self._memory_finding(step, values)
+        urgent = False
+        touched = False
+        for name in TRACKED:
+            if name not in values or values[name] is None:
+                continue
+            try:
+                value = float(values[name])
+            except (TypeError, ValueError):
+                continue
+            self.series[name].append((int(step), value))
+            touched = True
+            if name == "eval_loss" or not math.isfinite(value):
+                urgent = True
+        if not touched:
+            return memory
+        points = len(self.series["loss"])
+        if not urgent and points > FULL_EVERY_POINTS and self._calls % max(1, points // FULL_EVERY_POINTS):
+            return memory
+        findings = analyse(
+            self.series, precision=self.precision, lr_schedule=self.lr_schedule,
+            max_grad_norm=self.max_grad_norm, total_steps=self.total_steps,
+        )
+        fresh = []
+        for finding in findings:
+            key = (finding.rule, finding.evidence.get("kind"))
+            rank = SEVERITY_RANK[finding.severity]
+            episode = _episode(finding)
+            previous = self._reported.get(key)
+            if previous is not None:
+                last_rank, last_episode = previous
+                if rank < last_rank or (rank == last_rank and episode == last_episode):
+                    continue
+            self._reported[key] = (max(rank, previous[0] if previous else rank), episode)
+            finding.stop = self._should_stop(finding)
+            fresh.append(finding)
+        fresh += memory
+        self.findings += fresh
+        return fresh
+
+    def _memory_finding(self, step: int, values: dict[str, Any]) -> list[Finding]:
+        """After a few CUDA reports: the measured peak beside the preflight estimate (stored as a finding)."""
+        if values.get("mem_peak_reserved") is None or self.preset is None or not hasattr(self.preset, "model"):
+            return []
+        if self._peak_watch is None:
+            from engine.doctor.memory import PeakWatch
+
+            precision = self.precision if self.precision in ("bf16", "fp16", "fp32") else None
+            self._peak_watch = PeakWatch(self.preset, precision=precision)
+        record = self._peak_watch.observe(step, values)
+        if record is None:
+            return []
+        from engine.doctor.memory import format_bytes
+
+        total = record.get("gpu_total")
+        near_limit = bool(total) and record["measured_peak_reserved"] >= 0.95 * total
+        ratio = record.get("ratio")
+        return [Finding(
+            rule="memory", severity="warning" if near_limit else "info",
+            title=(
+                f"GPU memory: peak {format_bytes(record['measured_peak_reserved'])} reserved by torch, "
+                f"estimated {format_bytes(record['estimate_torch_bytes'])}" + (f" (measured/estimated {ratio:.2f})" if ratio else "")
+            ),
+            advice=(
+                "The run is within 5 % of the GPU's memory: a longer batch may run out; lower training.batch_size or "
+                "data.max_length, or turn on training.gradient_checkpointing."
+                if near_limit else "For the record: `tunebench doctor PRESET` estimates before a run is queued."
+            ),
+            step_start=step, step_end=step, evidence={"kind": "peak", **record},
+        )]
+
+    def _should_stop(self, finding: Finding) -> bool:
+        if finding.rule == "nan" and finding.severity == "error":
+            return self.stop_on_nan
+        if finding.rule == "divergence" and finding.severity != "info":
+            return self.stop_on_divergence
+        return False
