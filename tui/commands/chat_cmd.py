@@ -142,6 +142,27 @@ def path_target(base: str | None, adapter: str | None) -> ChatTarget:
     return ChatTarget(base=base, target=adapter)
 
 
+def first_question(data_config) -> str | None:
+    """The first user turn of a run's local training data (what the chat screen offers to ask first);
+    None for hub data or when it cannot be read: a suggestion is not worth an error."""
+    if data_config is None or not data_config.train_files or not Path(data_config.train_files[0]).is_file():
+        return None
+    from engine.data.formats import detect_format, normalize
+    from engine.data.loading import read_source
+    from engine.errors import EngineError
+
+    try:
+        raw = read_source(data_config.train_files[0])
+        samples, _ = normalize(raw, detect_format(raw, data_config)[0], data_config)
+    except EngineError:
+        return None
+    for sample in samples:
+        question = next((m["content"] for m in sample.messages if m["role"] == "user" and m.get("content")), None)
+        if question:
+            return question
+    return None
+
+
 # --------------------------------------------------------------------------- saving
 
 

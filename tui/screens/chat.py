@@ -229,6 +229,7 @@ class ChatScreen(Screen):
         self._last_settings = None
         self.mounted = False
         self._closed = False
+        self._asked_on_open = False
 
     def compose(self) -> ComposeResult:
         yield StatusLine("Chat")
@@ -298,10 +299,13 @@ class ChatScreen(Screen):
                 allow_second_model=allow_second_model,
                 progress=lambda fraction, message: self.app.call_from_thread(self._progress, fraction, message),
             )
+            from tui.commands.chat_cmd import first_question
+
+            question = first_question(target.data_config)
         except Exception as exc:
             self.app.call_from_thread(self._load_failed, user_message(exc))
             return
-        self.app.call_from_thread(self._loaded, session, target)
+        self.app.call_from_thread(self._loaded, session, target, question)
 
     def _progress(self, fraction: float, message: str) -> None:
         self.query_one("#chat-progress", ProgressBar).update(progress=fraction * 100)
@@ -327,7 +331,7 @@ class ChatScreen(Screen):
         self._set_head(f"Not loaded: {message}")
         self.notify(message, title="cannot load the models", severity="error", timeout=10)
 
-    def _loaded(self, session, target) -> None:
+    def _loaded(self, session, target, question: str | None = None) -> None:
         if self._closed:  # the screen closed while loading
             _close_later(session)
             return
@@ -337,7 +341,16 @@ class ChatScreen(Screen):
         notes = f" — {'; '.join(target.notes)}" if target.notes else ""
         self._set_head(f"{target.describe()}: {session.plan.describe()}{notes}")
         self._draw()
-        self.query_one("#chat-prompt", Input).focus()
+        prompt = self.query_one("#chat-prompt", Input)
+        prompt.focus()
+        if question and not prompt.value:
+            prompt.value = question  # a question from the run's own data: Enter asks it
+            config = self.app.config
+            if not self._asked_on_open and config.open_when_done == "chat" and config.open_run == target.run_id:
+                # the demo's way in: the run it followed has completed, so ask at once
+                self._asked_on_open = True
+                if self.ask(question):
+                    prompt.value = ""
 
     def _set_head(self, text: str) -> None:
         self.query_one("#chat-head", Static).update(Text(text, no_wrap=True, overflow="ellipsis"))
@@ -394,10 +407,12 @@ class ChatScreen(Screen):
     @on(Input.Submitted, "#chat-prompt")
     def _submitted(self, event: Input.Submitted) -> None:
         prompt = event.value.strip()
-        if not prompt:
-            return
-        if self._start(lambda session, settings: session.ask(prompt, settings), prompt):
+        if prompt and self.ask(prompt):
             event.input.value = ""
+
+    def ask(self, prompt: str) -> bool:
+        """Ask both sides `prompt` with the panel's settings; False (said in a notification) when it cannot."""
+        return self._start(lambda session, settings: session.ask(prompt, settings), prompt)
 
     def action_regenerate(self) -> None:
         if self.session is not None and not self.session.turns:
