@@ -71,7 +71,10 @@ def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
     resume_from = run.info.get("resume_from")
     if resume_from:
         sink.event("info", f"resuming from {resume_from}", run.info.get("resume_step"))
-    result = train(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
+    if preset.distributed.strategy != "single":
+        result = _distributed_train(run, ws, preset, resume_from, sink)
+    else:
+        result = train(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
     status = getattr(result, "status", "completed")
     reason = getattr(result, "stop_reason", None) or getattr(result, "reason", None) or sink.last_stop_reason
     if status == "completed":
@@ -86,6 +89,21 @@ def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
     findings = store.findings(run.id)
     advice = next((f.get("advice") for f in reversed(findings) if f.get("stop") and f.get("advice")), None)
     return Outcome("failed", f"stopped by the doctor ({reason or status})", advice)
+
+
+def _distributed_train(run: Run, ws: Workspace, preset, resume_from, sink: DbSink):
+    """A multi-process preset runs as `accelerate launch` of engine.dist_entry (engine.distributed):
+    launch() passes rank 0's metrics, events and checkpoints to this sink and its stop requests
+    (cancel, the SIGTERM interrupt, a dead engine) to every rank."""
+    from types import SimpleNamespace
+
+    from engine.distributed import launch
+    from engine.errors import EngineError
+
+    launched = launch(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
+    if launched.status == "failed":
+        raise EngineError(launched.error or "the distributed job failed", launched.advice)
+    return SimpleNamespace(status=launched.status, stop_reason=launched.result.get("stop_reason"))
 
 
 def _interrupted(run: Run, store: Store, why: str) -> Outcome:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -44,6 +46,17 @@ def console_sink(out, progress):
             self.progress = progress
             self.task = None
             self.status = {"loss": "-", "tok_s": "-", "eval": ""}
+            self.stop_reason = None
+
+        def should_stop(self):
+            return self.stop_reason
+
+        def interrupt(self, signum, frame):
+            """First Ctrl-C: stop at the next step with a checkpoint (resumable); second: abort now."""
+            if self.stop_reason is not None:
+                raise KeyboardInterrupt
+            self.stop_reason = "interrupt"
+            self.out.print("[yellow]stopping after this step with a checkpoint (Ctrl-C again to abort)[/]")
 
         def _refresh(self, step=None, total=None):
             if self.task is None:
@@ -110,6 +123,12 @@ def _progress(out):
 def _run_dir(args: argparse.Namespace, preset_name: str) -> Path:
     if args.output:
         return Path(args.output).expanduser().resolve()
+    if args.resume:  # carry on in the run the checkpoint belongs to
+        resume = Path(args.resume).expanduser().resolve()
+        if resume.parent.name == "checkpoints":
+            return resume.parent.parent
+        if (resume / "checkpoints").is_dir():
+            return resume
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return workspace(args).runs_dir / f"{preset_name}-{stamp}"
 
@@ -129,17 +148,23 @@ def _train(args: argparse.Namespace) -> int:
     out.print(f"run folder: {run_dir}")
     with _progress(out) as progress:
         sink = console_sink(out, progress)
+        previous = signal.signal(signal.SIGINT, sink.interrupt) if threading.current_thread() is threading.main_thread() else None
         try:
             result = train(preset, run_dir, sink, resume_from=args.resume)
         except EngineError as exc:
             raise CliError(str(exc)) from None
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             sink.close()
     if result.status == "completed" or result.final_dir is not None:
         best = f", best eval loss {result.best_eval_loss:.4f} ({result.best_checkpoint.name})" if result.best_eval_loss is not None else ""
         out.print(f"[green]{result.status}[/]: {result.global_step} steps in {result.runtime_s:.1f} s{best}; result in {result.final_dir}")
         return 0
-    out.print(f"[yellow]{result.status}[/] ({result.stop_reason}) at step {result.global_step}; last checkpoint: {result.last_checkpoint}")
+    out.print(
+        f"[yellow]{result.status}[/] ({result.stop_reason}) at step {result.global_step}; "
+        f"resume with: tunebench train {args.preset} --resume {result.last_checkpoint}"
+    )
     return 3 if result.status == "stopped" else 130
 
 

@@ -1,0 +1,282 @@
+"""The Trainer callback that connects a run to its sink, its doctor and its keep policy.
+
+Values cross from the device to the host only at logging steps: per step the callback adds the
+batch's token count to a device tensor (no sync) and checks `sink.should_stop()` (a host-side
+call). At each logging step it hands loss, grad_norm, lr, epoch, throughput and memory to the sink
+and the live doctor; at each evaluation eval_loss and perplexity; at each save the checkpoint,
+after which the keep policy (last N + best by eval loss) prunes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from engine.artifacts import RunArtifacts
+from engine.distributed import agree_on_stop
+from engine.metering import memory_metrics
+from engine.sink import Sink
+from presets.schema import TrainPreset
+
+# Sink reasons that end the run as the user asked; anything else (nan, diverged, early_stop, a
+# doctor rule) ends it as "stopped".
+STATUS_BY_REASON = {"cancel": "cancelled", "interrupt": "interrupted"}
+_EVAL_NOISE = 1e-6  # an eval loss must improve by more than this to count as better
+
+
+def _load_live_doctor(preset: TrainPreset, precision: str | None):
+    """The doctor's live rules, when that module is installed; None keeps the run going without it."""
+    try:
+        from engine.doctor.live import LiveDoctor
+    except ImportError:
+        return None
+    return LiveDoctor(preset, precision=precision)
+
+
+def checkpoint_eval_loss(path: Path) -> float | None:
+    """The eval loss measured at the checkpoint's own step (from its trainer_state.json), if any."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step = state.get("global_step")
+    for entry in reversed(state.get("log_history", [])):
+        if entry.get("step") == step and "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    return None
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Rename first, then delete: a crash halfway leaves no folder that looks like a checkpoint."""
+    doomed = path.with_name(f".deleting-{path.name}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+class EngineCallback(TrainerCallback):
+    def __init__(self, preset: TrainPreset, run_dir: Path, sink: Sink, *, device, run_info: dict[str, Any]):
+        self.preset = preset
+        self.artifacts = RunArtifacts(Path(run_dir))
+        self.sink = sink
+        self.device = device
+        self.run_info = run_info
+        self.doctor = _load_live_doctor(preset, run_info.get("precision"))
+        self.adalora = preset.method.name == "adalora"
+
+        self.stop_reason: str | None = None
+        self.world_size = 1
+        # Distributed runs: a stop decided on rank 0 between step ends (doctor, early stopping)
+        # waits here for the next step end, where every rank agrees on it (agree_on_stop).
+        self._pending_stop: tuple[str, bool] | None = None
+        self.latest: dict[str, float] = {}  # last value of every metric, for the result and the checkpoints
+        self.eval_at_step: dict[int, float] = {}
+        self.best_eval: float | None = None
+        self.evals_without_improvement = 0
+
+        # Counted on the device per step, read at logging steps only.
+        self._tokens = None
+        self._samples = None
+        self._tokens_flushed = 0
+        self._samples_flushed = 0
+        self._last_log_time = 0.0
+        self._last_log_tokens = 0
+        self._last_log_samples = 0
+        self._excluded_time = 0.0  # evaluation time inside the current logging interval
+        self._checkpoint_eval: dict[int, float | None] = {}
+
+    # ------------------------------------------------------------------ counting (per step, no sync)
+
+    def count_batch(self, inputs: dict) -> None:
+        """Called by the trainer for every micro-batch; adds on the device, never reads back."""
+        mask = inputs.get("attention_mask")
+        ids = inputs["input_ids"]
+        positions = inputs.get("position_ids")
+        if mask is None and positions is not None:
+            # Packed rows (engine.data): no mask, and each sample restarts its positions at 0. Tokens
+            # are then the row slots, including the short padding run at the end of a row.
+            tokens, samples = ids.numel(), (positions == 0).sum()
+        else:
+            tokens = mask.sum() if mask is not None else ids.numel()
+            samples = ids.shape[0]
+        self._tokens = tokens if self._tokens is None else self._tokens + tokens
+        self._samples = samples if self._samples is None else self._samples + samples
+
+    def _flush_counts(self, state) -> None:
+        if self._tokens is not None:
+            self._tokens_flushed += int(self._tokens)
+            self._samples_flushed += int(self._samples)
+            self._tokens = self._samples = None
+        # num_input_tokens_seen lives in TrainerState, so it survives a resume with the checkpoint.
+        state.num_input_tokens_seen = self._tokens_flushed
+
+    # ------------------------------------------------------------------ stopping
+
+    def _stop(self, control, reason: str, *, save: bool, agreed: bool = False) -> None:
+        if self.world_size > 1 and not agreed:
+            # Stopping on one rank alone would leave the others waiting in the next collective.
+            self._pending_stop = self._pending_stop or (reason, save)
+            return
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        control.should_training_stop = True
+        control.should_log = True
+        if save:
+            control.should_save = True
+
+    def _apply_findings(self, step: int, values: dict[str, float], control) -> None:
+        if self.doctor is None:
+            return
+        for finding in self.doctor.observe(step, values):
+            self.sink.finding(finding.to_dict())
+            if finding.stop:
+                self.sink.event("warning", f"stopping: {finding.title}", step)
+                # Weights that went non-finite are not worth a checkpoint; the last good one stays.
+                finite = all(math.isfinite(self.latest.get(k, 0.0)) for k in ("loss", "grad_norm"))
+                self._stop(control, finding.rule, save=finite)
+
+    # ------------------------------------------------------------------ trainer events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.world_size = args.world_size
+        self._tokens_flushed = int(state.num_input_tokens_seen or 0)
+        self._last_log_tokens = self._tokens_flushed
+        self._last_log_time = time.perf_counter()
+        # Rebuild the early-stopping history and the checkpoints' eval losses from disk (resume).
+        for entry in state.log_history:
+            if "eval_loss" in entry:
+                self._note_eval(entry["eval_loss"])
+                self.eval_at_step[int(entry["step"])] = float(entry["eval_loss"])
+        self._checkpoint_eval = {step: checkpoint_eval_loss(path) for step, path in self.artifacts.checkpoints().items()}
+        if self.doctor is not None:
+            self.doctor.set_total_steps(state.max_steps)
+        if state.is_world_process_zero:
+            self.sink.run_started({**self.run_info, "total_steps": state.max_steps, "start_step": state.global_step})
+            if self.doctor is None:
+                self.sink.event("warning", "the live doctor (engine.doctor.live) is not installed: no live findings")
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.adalora:
+            # AdaLoRA re-allocates ranks from the gradients, after the step and before they are zeroed.
+            model.base_model.update_and_allocate(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_save or control.should_evaluate:
+            self._flush_counts(state)
+        # Every rank asks its sink (under engine.dist_entry each rank's sink answers for itself) and
+        # the ranks agree, so all of them stop at this same step boundary.
+        asked = self.sink.should_stop()
+        proposal = self._pending_stop or ((asked, True) if asked else (None, True))
+        reason, save = agree_on_stop(*proposal)
+        if reason:
+            if self._pending_stop is None or reason != self._pending_stop[0]:
+                self.sink.event("info", f"stop requested ({reason}): saving a checkpoint at step {state.global_step}", state.global_step)
+            self._stop(control, reason, save=save, agreed=True)
+            self._flush_counts(state)
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._flush_counts(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or not state.is_world_process_zero:
+            return  # evaluation logs go through on_evaluate; the end-of-training summary is not a metric
+        now = time.perf_counter()
+        elapsed = max(now - self._last_log_time - self._excluded_time, 1e-9)
+        values = {
+            "loss": float(logs["loss"]),
+            "lr": float(logs.get("learning_rate", 0.0)),
+            "epoch": float(logs.get("epoch", state.epoch or 0.0)),
+            "tokens_per_s": (self._tokens_flushed - self._last_log_tokens) / elapsed,
+            "samples_per_s": (self._samples_flushed - self._last_log_samples) / elapsed,
+            "tokens_seen": float(self._tokens_flushed),
+        }
+        if "grad_norm" in logs and logs["grad_norm"] is not None:
+            values["grad_norm"] = float(logs["grad_norm"])
+        values.update(memory_metrics(self.device))
+        self._last_log_time, self._excluded_time = now, 0.0
+        self._last_log_tokens, self._last_log_samples = self._tokens_flushed, self._samples_flushed
+        self.latest.update(values)
+        self.sink.metrics(state.global_step, values)
+        self._apply_findings(state.global_step, values, control)
+        return control
+
+    def _note_eval(self, eval_loss: float) -> bool:
+        """Track the best eval loss; True when this one is a new best."""
+        if math.isfinite(eval_loss) and (self.best_eval is None or eval_loss < self.best_eval - _EVAL_NOISE):
+            self.best_eval = eval_loss
+            self.evals_without_improvement = 0
+            return True
+        self.evals_without_improvement += 1
+        return False
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if not metrics or "eval_loss" not in metrics or not state.is_world_process_zero:
+            return
+        eval_loss = float(metrics["eval_loss"])
+        self._excluded_time += float(metrics.get("eval_runtime", 0.0))
+        values = {"eval_loss": eval_loss, "eval_ppl": math.exp(eval_loss) if eval_loss < 700 else math.inf}
+        self.latest.update(values)
+        self.eval_at_step[state.global_step] = eval_loss
+        self.sink.metrics(state.global_step, values)
+        training = self.preset.training
+        if self._note_eval(eval_loss) and (training.keep_best or training.load_best_at_end):
+            # The best weights must be on disk to be kept or loaded at the end.
+            control.should_save = True
+        patience = training.early_stopping_patience
+        if patience and self.evals_without_improvement >= patience:
+            self.sink.event(
+                "info",
+                f"early stopping: eval loss has not improved on {self.best_eval:.4f} for {patience} evaluation(s)",
+                state.global_step,
+            )
+            self._stop(control, "early_stop", save=False)
+        self._apply_findings(state.global_step, values, control)
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        step = state.global_step
+        path = self.artifacts.checkpoint_dir(step)
+        eval_loss = self.eval_at_step.get(step)
+        self._checkpoint_eval[step] = eval_loss
+        metrics = {k: self.latest[k] for k in ("loss", "grad_norm", "lr", "epoch", "tokens_seen") if k in self.latest}
+        if eval_loss is not None:
+            metrics.update(eval_loss=eval_loss, eval_ppl=math.exp(eval_loss) if eval_loss < 700 else math.inf)
+        self.sink.checkpoint(step, str(path), metrics)
+        self._prune()
+
+    # ------------------------------------------------------------------ keep policy
+
+    def best_checkpoint(self) -> tuple[int, float] | None:
+        """(step, eval_loss) of the checkpoint on disk with the lowest eval loss at its own step."""
+        on_disk = self.artifacts.checkpoints()
+        scored = [(loss, step) for step, loss in self._checkpoint_eval.items() if loss is not None and step in on_disk and math.isfinite(loss)]
+        if not scored:
+            return None
+        loss, step = min(scored)
+        return step, loss
+
+    def _prune(self) -> None:
+        """Keep the last keep_last checkpoints, the best by eval loss, and those the user marked keep."""
+        training = self.preset.training
+        if training.keep_last is None:
+            return
+        on_disk = self.artifacts.checkpoints()
+        keep = set(sorted(on_disk)[-training.keep_last:])
+        best = self.best_checkpoint()
+        if (training.keep_best or training.load_best_at_end) and best is not None:
+            keep.add(best[0])
+        for step, path in on_disk.items():
+            if step not in keep and not self.artifacts.is_kept(step):  # the user's keep mark wins
+                remove_checkpoint(path)
+                self._checkpoint_eval.pop(step, None)
+                self.sink.checkpoint_removed(step, str(path))

@@ -1,0 +1,62 @@
+"""GPU memory readings for the metric stream: torch's allocator and the device as NVML sees it.
+
+All readings are host-side queries (no kernel launch, no synchronisation), and each source is
+optional: no CUDA, no NVML library or an NVML error just leaves its keys out.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def torch_memory(device) -> dict[str, float]:
+    """Bytes allocated now, peak allocated and peak reserved by torch's caching allocator."""
+    import torch
+
+    if device is None or device.type != "cuda" or not torch.cuda.is_available():
+        return {}
+    return {
+        "mem_allocated": float(torch.cuda.memory_allocated(device)),
+        "mem_peak_allocated": float(torch.cuda.max_memory_allocated(device)),
+        "mem_peak_reserved": float(torch.cuda.max_memory_reserved(device)),
+    }
+
+
+@lru_cache(maxsize=8)
+def _nvml_handle(uuid: str):
+    import pynvml
+
+    pynvml.nvmlInit()
+    return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+
+
+def _device_uuid(device) -> str | None:
+    import torch
+
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    if uuid is None:
+        return None
+    text = str(uuid)
+    # torch prints a bare UUID; NVML wants it with its GPU- (or MIG-) prefix.
+    return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+
+
+def nvml_memory(device) -> dict[str, float]:
+    """Bytes used and total on the device, all processes together (NVML), found by UUID so that
+    CUDA_VISIBLE_DEVICES and MIG slices map to the right device."""
+    if device is None or device.type != "cuda":
+        return {}
+    try:
+        import pynvml
+
+        uuid = _device_uuid(device)
+        if uuid is None:
+            return {}
+        info = pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(uuid))
+    except Exception:  # no NVML library, no permission, a MIG slice NVML cannot query: leave it out
+        return {}
+    return {"gpu_mem_used": float(info.used), "gpu_mem_total": float(info.total)}
+
+
+def memory_metrics(device) -> dict[str, float]:
+    return {**torch_memory(device), **nvml_memory(device)}

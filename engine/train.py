@@ -1,0 +1,425 @@
+"""From a train preset to trained weights: the one path every run takes.
+
+    tokenizer  ← engine.models.load_tokenizer(preset.model)
+    datasets   ← engine.data.build_datasets(preset.data, tokenizer)   (+ the doctor's data findings)
+    model      ← engine.models.load_model(preset.model, precision)
+    method     ← engine.methods.apply_method(model, preset)
+    trainer    ← transformers.Trainer(model, TrainingArguments(preset.training), collator, EngineCallback)
+    trainer.train(resume_from_checkpoint)
+    final/     ← the adapter (PEFT format) or the full model (safetensors) + tokenizer, written whole or not at all
+
+The run folder's layout is engine/artifacts.py's. Metrics go to the caller's sink and, always, to
+the run's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from engine.artifacts import RunArtifacts
+from engine.errors import DataError, EngineError
+from engine.models import load_model, load_tokenizer, resolve_precision, training_device
+from engine.sink import JsonlSink, MultiSink, Sink
+from presets import TrainPreset, dump_preset
+
+Status = Literal["completed", "cancelled", "interrupted", "stopped"]
+
+# The preset's optimizer names → TrainingArguments.optim (the 8-bit and paged ones are bitsandbytes').
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw_8bit": "adamw_bnb_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit",
+    "paged_adamw_32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor",
+    "sgd": "sgd",
+}
+MEMORY_ADVICE = (
+    "lower training.batch_size (raise training.grad_accum to keep the effective batch), lower data.max_length, "
+    "set training.gradient_checkpointing: true, or train a 4-bit base with method qlora"
+)
+
+
+@dataclass
+class TrainResult:
+    status: Status  # completed, or why the run ended early: cancelled / interrupted (resumable) / stopped
+    run_dir: Path
+    global_step: int
+    total_steps: int
+    final_dir: Path | None = None  # the trained adapter or model; None when the run did not finish
+    stop_reason: str | None = None  # the sink's or the doctor's reason (cancel, interrupt, nan, early_stop, …)
+    last_checkpoint: Path | None = None
+    best_checkpoint: Path | None = None  # lowest eval loss among the checkpoints on disk
+    best_eval_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of each metric
+    trainable_params: int = 0
+    total_params: int = 0
+    runtime_s: float = 0.0
+    model: Any = field(default=None, repr=False, compare=False)  # the trained model, still in memory
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def world_size() -> int:
+    """Processes training together (engine.dist_entry's ranks under accelerate launch), else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def steps_per_epoch(train_samples: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass, counted as the Trainer counts them (last partial batch kept).
+
+    Under distributed training every process takes its own batch each step.
+    """
+    batches = math.ceil(train_samples / (batch_size * world_size()))
+    return max(batches // grad_accum + int(batches % grad_accum > 0), 1)
+
+
+def total_steps(preset: TrainPreset, train_samples: int) -> int:
+    training = preset.training
+    if training.max_steps:
+        return training.max_steps
+    return max(math.ceil(training.epochs * steps_per_epoch(train_samples, training.batch_size, training.grad_accum)), 1)
+
+
+def _checkpointing_arguments(enabled: bool) -> dict:
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    # transformers 5 renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    name = "activation_checkpointing" if any(f.name == "activation_checkpointing" for f in fields(TrainingArguments)) else "gradient_checkpointing"
+    # Non-reentrant checkpointing needs no input gradients, so it works for adapters on frozen embeddings.
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
+
+
+def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precision: str, device, steps: int, has_eval: bool):
+    """The preset's training section as HF TrainingArguments."""
+    from transformers import TrainingArguments
+
+    training = preset.training
+    warmup = training.warmup_steps or math.ceil(training.warmup_ratio * steps)
+    if has_eval:
+        eval_strategy, eval_steps = ("steps", training.eval_steps) if training.eval_steps else ("epoch", None)
+    else:
+        eval_strategy, eval_steps = "no", None
+    return TrainingArguments(
+        output_dir=str(artifacts.checkpoints_dir),
+        per_device_train_batch_size=training.batch_size,
+        per_device_eval_batch_size=training.batch_size,
+        gradient_accumulation_steps=training.grad_accum,
+        num_train_epochs=training.epochs,
+        max_steps=training.max_steps or -1,
+        learning_rate=training.lr,
+        lr_scheduler_type=training.scheduler,
+        warmup_steps=warmup,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        optim=OPTIMIZERS[training.optimizer],
+        **_checkpointing_arguments(training.gradient_checkpointing),
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
+        seed=training.seed,
+        logging_strategy="steps",
+        logging_steps=training.logging_steps,
+        # A NaN loss must reach the sink and the doctor, not be replaced by the running mean.
+        logging_nan_inf_filter=False,
+        eval_strategy=eval_strategy,
+        eval_steps=eval_steps,
+        save_strategy="steps" if training.save_steps else "epoch",
+        save_steps=training.save_steps or 500,
+        save_total_limit=None,  # the callback's keep policy prunes, and tells the sink
+        report_to="none",
+        disable_tqdm=True,
+        # Our collator yields exactly the model's inputs; the column filter would drop position_ids of packed rows.
+        remove_unused_columns=False,
+        label_names=["labels"],  # peft wrappers hide the forward signature the Trainer would read it from
+        # Counted by the callback on the device; the Trainer's own count reads it back every step.
+        include_num_input_tokens_seen="no",
+        dataloader_pin_memory=device.type == "cuda",
+        # Distributed runs (engine.dist_entry): the preset's backend; auto = nccl on GPU, gloo on CPU.
+        ddp_backend=None if preset.distributed.backend == "auto" else preset.distributed.backend,
+        # Every trainable parameter takes part in each forward pass (frozen ones need no gradient):
+        # DDP need not search the graph for unused ones at every step.
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class EngineTrainer(Trainer):
+        """HF's Trainer, with each micro-batch's tokens counted by the callback (on the device)."""
+
+        engine_callback = None
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            self.engine_callback.count_batch(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return EngineTrainer
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: ranks may write at once
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _clean_leftovers(artifacts: RunArtifacts) -> None:
+    """Folders a crash left behind: half-written final/ or checkpoints, interrupted deletions."""
+    for stale in artifacts.run_dir.glob(".final-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if artifacts.checkpoints_dir.is_dir():
+        complete = set(artifacts.checkpoints().values())
+        for child in artifacts.checkpoints_dir.iterdir():
+            if child.is_dir() and child not in complete:
+                shutil.rmtree(child, ignore_errors=True)
+
+
+def resolve_resume(resume_from: str | Path, artifacts: RunArtifacts) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    path = Path(resume_from).expanduser()
+    if (path / "trainer_state.json").is_file():
+        return path
+    latest = RunArtifacts(path).latest_checkpoint() if path.is_dir() else None
+    if latest is not None:
+        return latest
+    known = ", ".join(str(p) for p in artifacts.checkpoints().values()) or "none"
+    raise EngineError(
+        f"cannot resume from {path}: not a complete checkpoint (no trainer_state.json)",
+        f"pass a checkpoint folder such as runs/<id>/checkpoints/checkpoint-<step>; this run's checkpoints: {known}",
+    )
+
+
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """Put a checkpoint's trained weights (adapter or full model) into the in-memory model."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device=str(model.device)))
+    else:
+        from transformers.trainer_utils import load_sharded_checkpoint
+
+        if (checkpoint / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            model.load_state_dict(load_file(str(checkpoint / "model.safetensors"), device=str(model.device)), strict=False)
+        else:
+            load_sharded_checkpoint(model, str(checkpoint), strict=False)
+
+
+def save_final(trainer, artifacts: RunArtifacts) -> Path:
+    """Write the result beside final/ and swap it in, so final/ is always whole.
+
+    Every rank calls save_model (FSDP and ZeRO-3 gather the weights together) into the same
+    folder; the main process writes it and swaps it in.
+    """
+    main = trainer.is_world_process_zero()
+    tmp = artifacts.run_dir / ".final-partial"
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # adapter (PEFT format) or full model (safetensors), with the tokenizer
+    final = artifacts.final_dir
+    if main:
+        (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs to load the result
+        old = artifacts.run_dir / ".final-old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink):
+    from engine.data import build_datasets
+
+    bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed)
+    report = bundle.report
+    if bundle.chat_template:
+        # Saved with the tokenizer in every checkpoint and in final/, so chat and eval render alike.
+        tokenizer.chat_template = bundle.chat_template
+    for warning in report.warnings:
+        sink.event("warning", warning)
+    dropped = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items())
+    sink.event(
+        "info",
+        f"data: {report.train_samples} training / {report.eval_samples} validation samples ({report.format}), "
+        f"{report.supervised_share:.0%} supervised tokens" + (f"; dropped {dropped}" if dropped else ""),
+    )
+    try:
+        from engine.doctor.data_rules import data_findings
+    except ImportError:
+        sink.event("warning", "the doctor's data rules (engine.doctor.data_rules) are not installed: data not checked")
+        return bundle
+    errors = []
+    for finding in data_findings(report):
+        sink.finding(finding.to_dict())
+        if finding.severity == "error":
+            errors.append(finding)
+    if errors:
+        raise DataError("; ".join(f.title for f in errors), " ".join(f.advice for f in errors))
+    if not bundle.train:
+        raise DataError("no training samples are left after loading", "see `tunebench data PRESET` for what was dropped and why")
+    return bundle
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    # The sink is the run's voice; transformers' own progress bars and notices would only interleave.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def train(preset: TrainPreset, run_dir: str | Path, sink: Sink, *, resume_from: str | Path | None = None) -> TrainResult:
+    """Train as the preset says, writing the run folder; EngineError (with advice) on a user-facing failure.
+
+    The run's metrics.jsonl always receives everything the given sink receives. The caller closes
+    its own sink. A stop requested through `sink.should_stop()` saves a checkpoint and returns.
+    """
+    artifacts = RunArtifacts(Path(run_dir))
+    artifacts.run_dir.mkdir(parents=True, exist_ok=True)
+    # Under engine.dist_entry every rank trains; only the main one writes the run's files.
+    main = is_main_process()
+    if main:
+        _write_atomic(artifacts.preset_file, dump_preset(preset))
+    jsonl = JsonlSink(artifacts.metrics_file) if main else None
+    sinks = MultiSink(sink, jsonl)
+    try:
+        return _train(preset, artifacts, sinks, resume_from)
+    except EngineError as exc:
+        sinks.event("error", str(exc))
+        raise
+    except Exception as exc:  # a bug or an environment fault: recorded, then raised with its traceback
+        sinks.event("error", f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+
+
+def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from) -> TrainResult:
+    import torch
+    from transformers import PrinterCallback, ProgressCallback, set_seed
+
+    from engine.callback import STATUS_BY_REASON, EngineCallback
+    from engine.data import make_collator
+    from engine.methods import apply_method, trainable_parameters
+
+    started = time.perf_counter()
+    _quiet_libraries()
+    _clean_leftovers(artifacts)
+    checkpoint = resolve_resume(resume_from, artifacts) if resume_from else None
+    device = training_device()
+    precision = resolve_precision(preset.training.precision, device)
+    set_seed(preset.training.seed)
+    if preset.training.optimizer.startswith("paged") and device.type != "cuda":
+        sink.event("info", f"{preset.training.optimizer} pages optimizer state only on CUDA; on the CPU bitsandbytes runs it unpaged")
+
+    sink.event("info", f"loading tokenizer and data ({preset.model.path})")
+    tokenizer = load_tokenizer(preset.model)
+    bundle = _prepare_data(preset, tokenizer, sink)
+    steps = total_steps(preset, len(bundle.train))
+
+    # Before the model: under ZeRO-3 and FSDP the arguments set up the process group and the
+    # sharded loading (zero.Init / meta-device ranks) that from_pretrained then uses.
+    has_eval = bool(bundle.eval)
+    args = training_arguments(preset, artifacts, precision=precision, device=device, steps=steps, has_eval=has_eval)
+
+    sink.event("info", f"loading model on {device} ({precision})")
+    method = preset.method.name
+    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=method in ("full", "freeze"))
+    set_seed(preset.training.seed)  # adapter initialisation does not depend on how loading used the RNG
+    model = apply_method(model, preset, total_steps=steps)
+    trainable, total = trainable_parameters(model)
+    if trainable == 0:
+        raise EngineError(f"method {method} leaves no parameter to train", "check method.freeze (trainable_layers / trainable_modules) or pick another method")
+
+    callback = EngineCallback(
+        preset, artifacts.run_dir, sink, device=device,
+        run_info=dict(
+            trainable_params=trainable, total_params=total, train_samples=len(bundle.train),
+            eval_samples=len(bundle.eval or []), method=method, precision=precision, device=str(device),
+        ),
+    )
+    trainer_class = _trainer_class()
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=bundle.train,
+        eval_dataset=bundle.eval or None,
+        data_collator=make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.engine_callback = callback
+    # The sink is the run's output: no tqdm bar, no printed log dicts.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except torch.cuda.OutOfMemoryError:
+        step = trainer.state.global_step
+        del trainer, model
+        gc.collect()
+        torch.cuda.empty_cache()
+        raise EngineError(
+            f"CUDA out of memory at step {step} (batch_size {preset.training.batch_size}, max_length {preset.data.max_length})",
+            MEMORY_ADVICE,
+        ) from None
+
+    reason = callback.stop_reason
+    status: Status = "completed" if reason is None else STATUS_BY_REASON.get(reason, "stopped")
+    best = callback.best_checkpoint()
+    final_dir = None
+    if status == "completed" or reason == "early_stop":
+        if preset.training.load_best_at_end and best is not None and best[0] != trainer.state.global_step:
+            load_checkpoint_weights(trainer.model, artifacts.checkpoint_dir(best[0]))
+            sink.event("info", f"loaded the best checkpoint (step {best[0]}, eval loss {best[1]:.4f}) as the result")
+        final_dir = save_final(trainer, artifacts)
+        sink.event("info", f"saved the result to {final_dir}")
+    else:
+        sink.event("warning", f"run ended early ({reason}) at step {trainer.state.global_step}; no final result written")
+
+    return TrainResult(
+        status=status,
+        run_dir=artifacts.run_dir,
+        global_step=trainer.state.global_step,
+        total_steps=trainer.state.max_steps,
+        final_dir=final_dir,
+        stop_reason=reason,
+        last_checkpoint=artifacts.latest_checkpoint(),
+        best_checkpoint=artifacts.checkpoint_dir(best[0]) if best else None,
+        best_eval_loss=best[1] if best else None,
+        metrics=dict(callback.latest),
+        trainable_params=trainable,
+        total_params=total,
+        runtime_s=time.perf_counter() - started,
+        model=trainer.model,
+    )
