@@ -10,13 +10,14 @@ Modules: loading (files, hub), formats (detection, column/role mapping, normalis
 build (the pipeline). torch and transformers are imported inside functions only.
 """
 
-from engine.data.build import DataBundle, Example, build_datasets
+from engine.data.build import DataBundle, Example, build_datasets, training_samples
 from engine.data.collate import batch_efficiency, make_collator, plan_packs
 from engine.data.render import IGNORE_INDEX, prompt_ids, resolve_chat_template
 from engine.data.report import DataReport, HistogramBin, LengthStats, RenderedExample
 from engine.errors import DataError
 
 __all__ = [
+    "training_samples",
     "DataBundle", "DataError", "DataReport", "Example", "HistogramBin", "IGNORE_INDEX", "LengthStats",
     "RenderedExample", "batch_efficiency", "build_datasets", "make_collator", "plan_packs", "prompt_ids",
     "resolve_chat_template",

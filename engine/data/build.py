@@ -187,6 +187,14 @@ def _split_validation(samples: list[Sample], ratio: float, seed: int, files: lis
     return train, val
 
 
+def training_samples(data: DataConfig) -> list[Sample]:
+    """The rows that train (after the validation split), as conversations; no tokenizer needed."""
+    samples = _read(data.train_files, data).samples
+    if data.val_ratio > 0 and not data.val_files:
+        samples, _ = _split_validation(samples, data.val_ratio, data.shuffle_seed, data.train_files)
+    return samples if data.max_samples is None else samples[: data.max_samples]
+
+
 def _example(tokenizer, item: _Encoded, max_length: int) -> RenderedExample:
     tokens = [tokenizer.decode([t]) for t in item.input_ids]
     # The first label is never predicted; show it as it trains.

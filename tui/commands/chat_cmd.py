@@ -143,17 +143,16 @@ def path_target(base: str | None, adapter: str | None) -> ChatTarget:
 
 
 def first_question(data_config) -> str | None:
-    """The first user turn of a run's local training data (what the chat screen offers to ask first);
-    None for hub data or when it cannot be read: a suggestion is not worth an error."""
+    """The first user turn among a run's local training rows (validation rows left out: the model
+    never saw their answers), which the chat screen and the demo ask first; None for hub data or
+    when it cannot be read: a suggestion is not worth an error."""
     if data_config is None or not data_config.train_files or not Path(data_config.train_files[0]).is_file():
         return None
-    from engine.data.formats import detect_format, normalize
-    from engine.data.loading import read_source
+    from engine.data import training_samples
     from engine.errors import EngineError
 
     try:
-        raw = read_source(data_config.train_files[0])
-        samples, _ = normalize(raw, detect_format(raw, data_config)[0], data_config)
+        samples = training_samples(data_config)
     except EngineError:
         return None
     for sample in samples:

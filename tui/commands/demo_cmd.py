@@ -121,22 +121,23 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
     return 0
 
 
-def compare_on_training_question(ws, run_id: str, question_index: int = 0) -> dict:
-    """Ask base and fine-tuned one training question on one loaded base; say which is exact."""
+def compare_on_training_question(ws, run_id: str) -> dict:
+    """Ask base and fine-tuned a question the run trained on, on one loaded base; say which is exact."""
     from engine.chat import ChatSession, GenerationSettings
     from engine.demo_data import demo_rows
-    from tui.commands.chat_cmd import chat_target
+    from tui.commands.chat_cmd import chat_target, first_question
 
-    row = demo_rows()[question_index]
     target = chat_target(ws, run_id)
+    question = first_question(target.data_config)
+    reference = next(row["output"] for row in demo_rows() if row["instruction"] == question)
     session = ChatSession.load(target.base, target.target, model_config=target.model_config,
                                chat_template=target.chat_template, system_prompt=target.system_prompt,
                                labels=target.labels)
     try:
-        answers = session.answer(row["instruction"], GenerationSettings(max_new_tokens=32))
+        answers = session.answer(question, GenerationSettings(max_new_tokens=32))
     finally:
         session.close()
-    result = {"question": row["instruction"], "reference": row["output"]}
+    result = {"question": question, "reference": reference}
     for name, answer in zip(("base", "fine-tuned"), answers):
-        result[name] = {"text": answer.text, "exact": answer.text.strip() == row["output"]}
+        result[name] = {"text": answer.text, "exact": answer.text.strip() == reference}
     return result
