@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	@echo "==> creating virtualenv $(VENV)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "==> installing torch ($(TORCH_SPEC))"
-	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check "$(TORCH_SPEC)" | grep -Ev '^(Requirement already satisfied|Looking in)' || true
+	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check "$(TORCH_SPEC)" 2>&1 | grep -Ev '^(Requirement already satisfied|Looking in|WARNING: Location)' || true
 	@$(BIN)/python -c "import torch" || { echo "torch did not install"; exit 1; }
 	@echo "==> installing tunebench and its test tools (pip, a minute the first time)"
-	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check -e ".[test]" | grep -Ev '^(Requirement already satisfied|Looking in)' || true
+	@$(BIN)/python -m pip install --progress-bar off --disable-pip-version-check -e ".[test]" 2>&1 | grep -Ev '^(Requirement already satisfied|Looking in|WARNING: Location)' || true
 	@$(BIN)/tunebench --help >/dev/null || { echo "install failed"; exit 1; }
 	@touch $(STAMP)
 	@echo "==> environment ready"

@@ -353,9 +353,9 @@ class ChatSession:
         import torch
 
         from engine.models import load_tokenizer, training_device
-        from engine.train import _quiet_libraries
+        from engine.train import quiet_libraries
 
-        _quiet_libraries()  # no progress bars of transformers' own on the terminal or under the TUI
+        quiet_libraries()  # no progress bars of transformers' own on the terminal or under the TUI
 
         device = torch.device(device) if device else training_device()
         base_config = _model_config(model_config, str(base_path))

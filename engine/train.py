@@ -288,7 +288,7 @@ def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink):
 # --------------------------------------------------------------------------- the run
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     from transformers.utils import logging as hf_logging
 
     # The sink is the run's voice; transformers' own progress bars and notices would only interleave.
@@ -332,7 +332,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     from engine.methods import apply_method, trainable_parameters
 
     started = time.perf_counter()
-    _quiet_libraries()
+    quiet_libraries()
     _clean_leftovers(artifacts)
     checkpoint = resolve_resume(resume_from, artifacts) if resume_from else None
     device = training_device()
