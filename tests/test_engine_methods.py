@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_engine_support import RecordingSink, jsonl_records, logits, tiny_preset
+from engine_helpers import RecordingSink, jsonl_records, logits, tiny_preset
 
 METHODS = ["full", "freeze", "lora", "qlora", "dora", "rslora", "ia3", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"]
 EXTRA = {

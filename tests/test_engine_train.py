@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from test_engine_support import RecordingSink, jsonl_records, tiny_preset
+from engine_helpers import RecordingSink, jsonl_records, tiny_preset
 
 # 12 training samples (max_samples applies after the 25 % validation split), batch 4: three steps
 # per epoch, so step 4 is mid-epoch.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from test_engine_support import RecordingSink, jsonl_records, logits, tiny_preset
+from engine_helpers import RecordingSink, jsonl_records, logits, tiny_preset
 
 MEMORY_METRICS = ("mem_allocated", "mem_peak_allocated", "mem_peak_reserved")
 
