@@ -15,13 +15,9 @@ class CliError(Exception):
 
 
 def console(stderr: bool = False):
-    import sys
-
     from rich.console import Console
 
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped into a script or a file, a line (a path, an error) must not be broken at 80 columns.
-    return Console(stderr=stderr, highlight=False, soft_wrap=not stream.isatty())
+    return Console(stderr=stderr, highlight=False)
 
 
 def workspace(args: argparse.Namespace):

@@ -189,7 +189,8 @@ def _show(args: argparse.Namespace) -> int:
             fields.append((key.replace("_", " "), f"{run.info[key]:,}" if isinstance(run.info[key], int) else str(run.info[key])))
     for key, value in fields:
         if value:
-            out.print(f"  [dim]{key:>15}[/]  {value}", highlight=False)
+            # soft_wrap: a path stays on one line however narrow the terminal or pipe (scripts read it)
+            out.print(f"  [dim]{key:>15}[/]  {value}", highlight=False, soft_wrap=True)
     if run.error:
         out.print(f"  [red]{'error':>15}[/]  {run.error}", markup=True)
     if run.advice:
