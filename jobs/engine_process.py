@@ -79,19 +79,9 @@ def visible_gpus() -> list[str]:
 
     NVML (nvidia-ml-py) rather than torch: the engine stays light and never holds a CUDA context.
     """
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    try:
-        import pynvml
+    from engine.distributed import visible_gpu_ids  # stdlib + presets only: no torch
 
-        pynvml.nvmlInit()
-        try:
-            return [str(i) for i in range(pynvml.nvmlDeviceGetCount())]
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library: a CPU machine
-        return []
+    return visible_gpu_ids()
 
 
 # --------------------------------------------------------------------------- lock and status
