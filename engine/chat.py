@@ -30,6 +30,7 @@ from typing import Callable, Iterable, Iterator
 
 from engine.artifacts import is_adapter_dir
 from engine.errors import EngineError
+from engine.generation import is_prompt_learning
 
 PROMPT_LEARNING_TYPES = ("PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING")
 # Stored size of each safetensors dtype, for memory estimates without torch.
@@ -274,7 +275,7 @@ class ChatSession:
         self.device = device
         self._peft = peft_model  # the shared base with its adapters, or None
         self._models = models  # full models by path ("" = the base without adapters)
-        self._prompt_learning = bool(peft_model is not None and peft_model.active_peft_config.is_prompt_learning)
+        self._prompt_learning = is_prompt_learning(peft_model)
         # the adapter layers, found once: a switch then touches only them, not every module of the model
         self._adapter_layers = _adapter_layers(peft_model) if peft_model is not None and not self._prompt_learning else []
         self._active_adapter = peft_model.active_adapter if peft_model is not None else None
@@ -443,26 +444,20 @@ class ChatSession:
             self._active_adapter = wanted
 
     def _forward(self, running: _Running, input_ids):
+        from engine.generation import forward_step, step_model
+
         spec = self.sides[running.side]
         self.activate(running.side)
         if spec.kind == "model":
             model = self._models[spec.path]
         elif self._peft is None:
             model = self._models[""]
-        elif self._prompt_learning and (spec.kind == "base" or running.cache is not None):
-            # the base of a prompt-learning model is the bare model; decode steps of the adapted side go to it
-            # too, because the virtual tokens are already in this side's cache after the prefill
-            model = self._peft.get_base_model()
+        elif self._prompt_learning and spec.kind == "base":
+            model = self._peft.get_base_model()  # the base of a prompt-learning model is the bare model
         else:
-            model = self._peft
-        kwargs = {"input_ids": input_ids, "past_key_values": running.cache, "use_cache": True}
-        if running.cache is None:
-            import torch
-
-            kwargs["attention_mask"] = torch.ones_like(input_ids)
-        out = model(**kwargs)
-        running.cache = out.past_key_values
-        return out.logits[:, -1, :]
+            model = step_model(self._peft, prefilled=running.cache is not None)
+        logits, running.cache = forward_step(model, input_ids, running.cache)
+        return logits
 
     # ------------------------------------------------------------------ generation
 

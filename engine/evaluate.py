@@ -145,30 +145,44 @@ def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_toke
     """Greedy continuations of each prompt (left-padded batches), cut at the first end-of-turn token."""
     import torch
 
+    from engine.generation import greedy_decode, is_prompt_learning
+
+    # generate() is wrong for prompt learning on current releases (see engine/generation.py): one prompt at a time
+    one_by_one = is_prompt_learning(model)
     device = _device(model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop_ids))
     answers: list[str] = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            width = max(len(p) for p in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                attention_mask[row, width - len(ids):] = 1
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                eos_token_id=sorted(stop_ids), pad_token_id=pad_id,
-                temperature=None, top_p=None, top_k=None,
-            )
-            for row in output[:, width:].tolist():
+            if one_by_one:
+                rows = [greedy_decode(model, ids, max_new_tokens=max_new_tokens, stop_ids=stop_ids) for ids in chunk]
+            else:
+                rows = _generate_batch(model, chunk, device=device, pad_id=pad_id, max_new_tokens=max_new_tokens, stop_ids=stop_ids)
+            for row in rows:
                 cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
                 answers.append(tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
             if progress:
                 progress.advance()
     return answers
+
+
+def _generate_batch(model, chunk: list[list[int]], *, device, pad_id: int, max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
+    import torch
+
+    width = max(len(p) for p in chunk)
+    input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    for row, ids in enumerate(chunk):
+        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids):] = 1
+    output = model.generate(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+        eos_token_id=sorted(stop_ids), pad_token_id=pad_id,
+        temperature=None, top_p=None, top_k=None,
+    )
+    return output[:, width:].tolist()
 
 
 # --------------------------------------------------------------------------- data

@@ -32,8 +32,8 @@ DEMO_OVERRIDES = [
 def make_adapter(base_dir: Path, out_dir: Path, kind: str = "lora", seed: int = 0) -> Path:
     """An untrained adapter whose weights are random, so it changes the model's answers."""
     import torch
-    from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, TaskType,
-                      get_peft_model)
+    from peft import (IA3Config, LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig,
+                      TaskType, get_peft_model)
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
@@ -42,10 +42,13 @@ def make_adapter(base_dir: Path, out_dir: Path, kind: str = "lora", seed: int = 
         # lm_head trained in full too, as the demo does: switching must swap that copy as well
         "lora": lambda: LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, target_modules="all-linear",
                                    init_lora_weights=False, modules_to_save=["lm_head"]),
+        "dora": lambda: LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, lora_alpha=32, target_modules="all-linear",
+                                   init_lora_weights=False, use_dora=True),
         "ia3": lambda: IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=["q_proj", "v_proj", "down_proj"],
                                  feedforward_modules=["down_proj"], init_ia3_weights=False),
         "prompt_tuning": lambda: PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6),
         "prefix_tuning": lambda: PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6),
+        "p_tuning": lambda: PromptEncoderConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=6, encoder_hidden_size=32),
     }[kind]()
     peft_model = get_peft_model(model, config)
     if kind == "ia3":
@@ -65,6 +68,21 @@ def make_adapter(base_dir: Path, out_dir: Path, kind: str = "lora", seed: int = 
                     param.normal_(0, 1.0)
     peft_model.save_pretrained(out_dir)
     return Path(out_dir)
+
+
+def greedy_without_cache(model, ids: list[int], n: int) -> list[int]:
+    """The definition of greedy decoding: the whole sequence through the model's forward at every step,
+    no KV cache. The ground truth for any cached token loop; transformers' generate() is not one for
+    prompt learning (it is wrong there with transformers 5.24 and peft 0.21, see engine/generation.py)."""
+    import torch
+
+    sequence = list(ids)
+    with torch.no_grad():
+        for _ in range(n):
+            out = model(input_ids=torch.tensor([sequence]), attention_mask=torch.ones(1, len(sequence), dtype=torch.long),
+                        use_cache=False)
+            sequence.append(int(out.logits[0, -1].argmax()))
+    return sequence[len(ids):]
 
 
 def make_full_model(base_dir: Path, out_dir: Path, seed: int = 1) -> Path:

@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from chat_helpers import make_adapter, make_full_model, trained_demo_run
+from chat_helpers import greedy_without_cache, make_adapter, make_full_model, trained_demo_run
 from engine.demo_data import SYSTEM_PROMPT, demo_rows
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -39,13 +39,6 @@ def _causal_lm_count() -> int:
     return sum(1 for obj in gc.get_objects() if type(obj) is LlamaForCausalLM)
 
 
-def _reference(model, tokenizer, ids, n):
-    """What transformers' own generate() answers, greedy: the ground truth for the token loop."""
-    import torch
-
-    out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.pad_token_id)
-    return out[0, len(ids):].tolist()
 
 
 def _greedy(session, messages, n):
@@ -97,7 +90,7 @@ def test_two_checkpoints_are_two_adapters_on_one_base(tiny_model_dir, lora_dir, 
         answers = _greedy(session, QUESTION, 12)
         for adapter, answer in ((lora_dir, answers[0]), (other, answers[1])):
             alone = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
-            expected = _reference(alone, session.tokenizer, ids, 12)
+            expected = greedy_without_cache(alone, ids, 12)
             assert answer.token_ids == [t for t in expected][: len(answer.token_ids)]
             del alone
         assert answers[0].token_ids != answers[1].token_ids
@@ -177,9 +170,9 @@ def test_bad_paths_are_clear_errors(tiny_model_dir, tmp_path):
 # --------------------------------------------------------------------------- interleaved generation is exact
 
 
-@pytest.mark.parametrize("kind", ["lora", "ia3", "prompt_tuning", "prefix_tuning"])
-def test_interleaved_sides_match_generate_alone(tiny_model_dir, tmp_path, kind):
-    """Switching the adapter every token gives each side exactly what generate() gives it alone."""
+@pytest.mark.parametrize("kind", ["lora", "dora", "ia3", "prompt_tuning", "prefix_tuning", "p_tuning"])
+def test_interleaved_sides_match_greedy_decoding_alone(tiny_model_dir, tmp_path, kind):
+    """Switching the adapter every token gives each side exactly the greedy answer of its model alone."""
     from engine.chat import ChatSession
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -192,7 +185,7 @@ def test_interleaved_sides_match_generate_alone(tiny_model_dir, tmp_path, kind):
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
         tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
         for answer, model in ((answers[0], base), (answers[1], tuned)):
-            expected = _reference(model, session.tokenizer, ids, 16)
+            expected = greedy_without_cache(model, ids, 16)
             n = len(answer.token_ids)
             assert n > 0
             assert answer.token_ids == expected[:n]

@@ -83,6 +83,25 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny):
     assert all(isinstance(a, str) and a for a in batched)
 
 
+@pytest.mark.parametrize("kind", ["prompt_tuning", "prefix_tuning"])
+def test_prompt_learning_answers_equal_greedy_decoding(tiny_model_dir, tmp_path, kind):
+    """Prompt learning does not go through generate() (wrong for it on transformers 5.24 + peft 0.21)."""
+    from chat_helpers import greedy_without_cache, make_adapter
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter = make_adapter(tiny_model_dir, tmp_path / kind, kind, seed=3)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), adapter).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [tokenizer(t)["input_ids"] for t in ("What is the capital of France?", "Hello", "The river")]
+    stop = {tokenizer.eos_token_id}
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=8, batch_size=2, stop_ids=stop)
+    for prompt, answer in zip(prompts, answers):
+        expected = greedy_without_cache(model, prompt, 8)
+        cut = next((i for i, t in enumerate(expected) if t in stop), len(expected))
+        assert answer == tokenizer.decode(expected[:cut], skip_special_tokens=True).strip()
+
+
 def _preset(tiny_model_dir, data_file, **fields):
     settings = dict(num_samples=4, max_new_tokens=12, batch_size=4) | fields
     return EvalPreset(
