@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from engine.errors import EngineError
 
 PRESET_FILE = "preset.yaml"
 CHECKPOINTS_DIR = "checkpoints"
@@ -24,6 +27,15 @@ LOG_FILE = "run.log"
 # A file inside checkpoints/checkpoint-<step>/ that the user marked keep: the keep policy never prunes it.
 KEEP_MARKER = "tunebench-keep"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
+    """Write beside `path`, then rename over it: a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: ranks may write at once
+    tmp.write_text(text, encoding="utf-8")
+    if mode is not None:
+        os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -86,3 +98,18 @@ class RunArtifacts:
         from presets import load_preset_text
 
         return load_preset_text(self.preset_file.read_text(encoding="utf-8"), str(self.preset_file))
+
+
+def resolve_resume(resume_from: str | Path, artifacts: RunArtifacts) -> Path:
+    """A checkpoint folder, or a run folder (its latest checkpoint)."""
+    path = Path(resume_from).expanduser()
+    if (path / "trainer_state.json").is_file():
+        return path
+    latest = RunArtifacts(path).latest_checkpoint() if path.is_dir() else None
+    if latest is not None:
+        return latest
+    known = ", ".join(str(p) for p in artifacts.checkpoints().values()) or "none"
+    raise EngineError(
+        f"cannot resume from {path}: not a complete checkpoint (no trainer_state.json)",
+        f"pass a checkpoint folder such as runs/<id>/checkpoints/checkpoint-<step>; this run's checkpoints: {known}",
+    )

@@ -20,24 +20,19 @@ from typing import Any
 from transformers import TrainerCallback
 
 from engine.artifacts import RunArtifacts
-from engine.distributed import agree_on_stop
+from engine.distributed.rank import agree_on_stop
+from engine.doctor.live import LiveDoctor
 from engine.metering import memory_metrics
 from engine.sink import Sink
+from presets.methods import METHODS
 from presets.schema import TrainPreset
 
-# Sink reasons that end the run as the user asked; anything else (nan, diverged, early_stop, a
-# doctor rule) ends it as "stopped".
-STATUS_BY_REASON = {"cancel": "cancelled", "interrupt": "interrupted"}
-_EVAL_NOISE = 1e-6  # an eval loss must improve by more than this to count as better
-
-
-def _load_live_doctor(preset: TrainPreset, precision: str | None):
-    """The doctor's live rules, when that module is installed; None keeps the run going without it."""
-    try:
-        from engine.doctor.live import LiveDoctor
-    except ImportError:
-        return None
-    return LiveDoctor(preset, precision=precision)
+_EVAL_NOISE = 1e-6
+# A test hook (jobs.control.submit(park_at_step=N) sets it): training waits after step N, its
+# logging and checkpoint done, until a stop is asked for; a cancel, SIGTERM or kill then lands at
+# a known step instead of racing the training loop.
+PARK_AT_STEP_ENV = "TUNEBENCH_TEST_PARK_AT_STEP"
+_PARK_POLL_S = 0.05  # an eval loss must improve by more than this to count as better
 
 
 def checkpoint_eval_loss(path: Path) -> float | None:
@@ -67,8 +62,10 @@ class EngineCallback(TrainerCallback):
         self.sink = sink
         self.device = device
         self.run_info = run_info
-        self.doctor = _load_live_doctor(preset, run_info.get("precision"))
-        self.adalora = preset.method.name == "adalora"
+        self.doctor = LiveDoctor(preset, precision=run_info.get("precision"))
+        self.reallocates_ranks = METHODS[preset.method.name].reallocates_ranks
+        self.park_at_step = int(os.environ[PARK_AT_STEP_ENV]) if os.environ.get(PARK_AT_STEP_ENV) else None
+        self._start_step = 0
 
         self.stop_reason: str | None = None
         self.world_size = 1
@@ -131,8 +128,6 @@ class EngineCallback(TrainerCallback):
             control.should_save = True
 
     def _apply_findings(self, step: int, values: dict[str, float], control) -> None:
-        if self.doctor is None:
-            return
         for finding in self.doctor.observe(step, values):
             self.sink.finding(finding.to_dict())
             if finding.stop:
@@ -145,6 +140,7 @@ class EngineCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.world_size = args.world_size
+        self._start_step = state.global_step
         self._tokens_flushed = int(state.num_input_tokens_seen or 0)
         self._last_log_tokens = self._tokens_flushed
         self._last_log_time = time.perf_counter()
@@ -154,17 +150,23 @@ class EngineCallback(TrainerCallback):
                 self._note_eval(entry["eval_loss"])
                 self.eval_at_step[int(entry["step"])] = float(entry["eval_loss"])
         self._checkpoint_eval = {step: checkpoint_eval_loss(path) for step, path in self.artifacts.checkpoints().items()}
-        if self.doctor is not None:
-            self.doctor.set_total_steps(state.max_steps)
+        self.doctor.set_total_steps(state.max_steps)
         if state.is_world_process_zero:
             self.sink.run_started({**self.run_info, "total_steps": state.max_steps, "start_step": state.global_step})
-            if self.doctor is None:
-                self.sink.event("warning", "the live doctor (engine.doctor.live) is not installed: no live findings")
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.adalora:
+        if self.reallocates_ranks:
             # AdaLoRA re-allocates ranks from the gradients, after the step and before they are zeroed.
             model.base_model.update_and_allocate(state.global_step)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # Only a step this attempt trained: a run resumed from that step's checkpoint goes on.
+        if state.global_step == self.park_at_step and state.global_step > self._start_step:
+            if state.is_world_process_zero:
+                self.sink.event("info", f"parked after step {state.global_step} (test hook)", state.global_step)
+            # Under several ranks only rank 0 reads stop requests: they ask together, so all leave at once.
+            while agree_on_stop(self.sink.should_stop(), True)[0] is None:
+                time.sleep(_PARK_POLL_S)
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_log or control.should_save or control.should_evaluate:

@@ -353,8 +353,7 @@ class ChatSession:
         report(0.05, "importing torch and transformers")
         import torch
 
-        from engine.models import load_tokenizer, training_device
-        from engine.train import quiet_libraries
+        from engine.models import load_tokenizer, quiet_libraries, training_device
 
         quiet_libraries()  # no progress bars of transformers' own on the terminal or under the TUI
 

@@ -1,16 +1,16 @@
 """One rank of a distributed run: `accelerate launch … -m engine.dist_entry --run-dir DIR`.
 
-engine.distributed.launch() starts this on every rank (launch.sh in the run folder shows the exact
-command). Each rank loads the frozen preset from the run folder and calls engine.train.train with
-a RankSink. Rank 0 is the main process: train() writes the run's files there, metrics.jsonl among
-them, which launch() replays into the job's sink (the store). The other ranks report nothing and
-write their output to rank-<n>.log in the run folder.
+engine.distributed.launcher.launch() starts this on every rank (launch.sh in the run folder shows
+the exact command). Each rank loads the frozen preset from the run folder and calls
+engine.train.train with a RankSink. Rank 0 is the main process: train() writes the run's files
+there, metrics.jsonl among them, which launch() replays into the job's sink (the store). The other
+ranks report nothing and write their output to rank-<n>.log in the run folder.
 
 Stopping: each rank's sink answers `should_stop()` for itself: rank 0 from the stop request that
-launch() writes (engine.distributed.request_stop) and from the liveness of launch()'s process;
-every rank from SIGTERM / SIGINT / SIGHUP. The engine's callback agrees on one decision across
-ranks (engine.distributed.agree_on_stop) at each step end, so every rank stops at the same step
-boundary and the checkpoint, which all ranks write together, is complete.
+launch() writes (engine.distributed.messages.request_stop) and from the liveness of launch()'s
+process; every rank from SIGTERM / SIGINT / SIGHUP. The engine's callback agrees on one decision
+across ranks (engine.distributed.rank.agree_on_stop) at each step end, so every rank stops at the
+same step boundary and the checkpoint, which all ranks write together, is complete.
 
 How the job ended is left in dist-result.json for launch() to read: rank 0 writes it, or the first
 rank that fails.
@@ -27,7 +27,8 @@ import traceback
 from dataclasses import fields
 from pathlib import Path
 
-from engine.distributed import pid_alive, read_stop_request, write_result
+from engine.distributed.messages import read_stop_request, write_result
+from engine.distributed.rank import pid_alive
 from engine.errors import EngineError
 from engine.sink import Sink
 
@@ -42,7 +43,7 @@ def rank_info() -> tuple[int, int]:
 class RankSink(Sink):
     """A rank's sink: records nothing itself (rank 0's train() writes metrics.jsonl, which launch()
     passes on) and answers should_stop for this rank alone; the ranks agree in the engine's callback
-    (engine.distributed.agree_on_stop)."""
+    (engine.distributed.rank.agree_on_stop)."""
 
     def __init__(self, run_dir: Path, *, is_main: bool, supervisor_pid: int | None = None, poll_s: float = STOP_POLL_S):
         self.run_dir = Path(run_dir)

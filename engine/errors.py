@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
+from presets.errors import TunebenchError
 
-class EngineError(Exception):
+
+class EngineError(TunebenchError):
     """A run cannot go on. `advice` names the preset knobs or steps that fix it."""
-
-    def __init__(self, message: str, advice: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.advice = advice
-
-    def __str__(self) -> str:
-        return f"{self.message}\n  → {self.advice}" if self.advice else self.message
 
 
 class DataError(EngineError):

@@ -29,17 +29,12 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.metrics_text import METRIC_LABELS, METRICS, aggregate, score_sample
+from engine.outcome import JobOutcome, JobStopped
 from engine.sink import Sink
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 BASE, TUNED = "base", "finetuned"
-
-
-class EvalStopped(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------- models
@@ -105,7 +100,7 @@ class _Progress:
         self.sink.metrics(self.done, {"eval_progress": self.done / self.total})
         reason = self.sink.should_stop()
         if reason:
-            raise EvalStopped(reason)
+            raise JobStopped(reason)
 
 
 def _device(model):
@@ -203,17 +198,17 @@ def _prompt_text(messages: list[dict]) -> str:
 # --------------------------------------------------------------------------- the job
 
 
-def run_eval(preset, out_dir: str | Path, sink: Sink | None = None) -> dict[str, Any]:
-    """Evaluate a resolved EvalPreset; write results.json / results.md in out_dir; return the results."""
-    from engine.merge import quiet_transformers
+def run_eval(preset, out_dir: str | Path, sink: Sink | None = None) -> JobOutcome:
+    """Evaluate a resolved EvalPreset; write results.json / results.md in out_dir; the outcome's details are the results."""
+    from engine.models import quiet_libraries
 
     sink = sink or Sink()
-    quiet_transformers()
+    quiet_libraries()
     try:
-        return _run_eval(preset, Path(out_dir), sink)
-    except EvalStopped as stop:
+        return JobOutcome("completed", details=_run_eval(preset, Path(out_dir), sink))
+    except JobStopped as stop:
         sink.event("warning", f"evaluation stopped ({stop.reason}); no results written")
-        return {"status": "cancelled", "reason": stop.reason}
+        return JobOutcome.stopped(stop.reason)
 
 
 def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.models import quiet_libraries
+from engine.outcome import JobOutcome, JobStopped
 from engine.sink import Sink
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -54,30 +56,22 @@ def torch_dtype(name: str):
 # --------------------------------------------------------------------------- entry point
 
 
-def run_merge(preset, out_dir: str | Path, sink: Sink | None = None) -> dict[str, Any]:
-    """Run a resolved MergePreset; the merged model lands in `out_dir`. Returns the summary."""
+def run_merge(preset, out_dir: str | Path, sink: Sink | None = None) -> JobOutcome:
+    """Run a resolved MergePreset; the merged model lands in `out_dir`. The outcome's details are the summary."""
     sink = sink or Sink()
     out_dir = Path(out_dir)
-    quiet_transformers()
+    quiet_libraries()
     if preset.method == "adapter":
         if not preset.adapter:
             raise EngineError("the adapter merge has no adapter directory", "set adapter: (or run:, resolved by the jobs layer)")
-        return merge_adapter(
+        return JobOutcome("completed", details=merge_adapter(
             preset.adapter, out_dir, base_model=preset.base_model, dtype=preset.dtype,
             tolerance=preset.tolerance, sink=sink,
-        )
+        ))
     try:
-        return merge_models(preset, out_dir, sink)
-    except MergeStopped as stop:
-        return {"status": "cancelled", "reason": stop.reason, "method": preset.method, "output": None}
-
-
-def quiet_transformers() -> None:
-    """The sink speaks for a job; transformers' progress bars would only clutter its log."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+        return JobOutcome("completed", details=merge_models(preset, out_dir, sink))
+    except JobStopped as stop:
+        return JobOutcome.stopped(stop.reason, method=preset.method, output=None)
 
 
 # --------------------------------------------------------------------------- output folder
@@ -567,7 +561,7 @@ def merge_models(preset, out_dir: str | Path, sink: Sink | None = None, *, max_s
             reason = sink.should_stop()
             if reason:
                 sink.event("warning", f"merge stopped ({reason}) after {index} of {len(names)} tensors; nothing was written")
-                raise MergeStopped(reason)
+                raise JobStopped(reason)
             first = reference.get(name)
             if not first.is_floating_point():  # integer buffers are not merged
                 writer.add(name, first)
@@ -600,14 +594,6 @@ def merge_models(preset, out_dir: str | Path, sink: Sink | None = None, *, max_s
         _write_report(staging, summary)
     sink.event("info", f"saved the merged model ({preset.dtype}, {summary['size_bytes'] / 1e6:.1f} MB) to {out_dir}")
     return summary
-
-
-class MergeStopped(EngineError):
-    """The merge was cancelled through the sink; the output folder was left untouched."""
-
-    def __init__(self, reason: str):
-        super().__init__(f"merge stopped: {reason}")
-        self.reason = reason
 
 
 def _write_config(source_dir: Path, staging: Path, dtype: str) -> None:

@@ -6,7 +6,7 @@ optional: no CUDA, no NVML library or an NVML error just leaves its keys out.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from engine.hardware import gpu_memory_used
 
 
 def torch_memory(device) -> dict[str, float]:
@@ -20,14 +20,6 @@ def torch_memory(device) -> dict[str, float]:
         "mem_peak_allocated": float(torch.cuda.max_memory_allocated(device)),
         "mem_peak_reserved": float(torch.cuda.max_memory_reserved(device)),
     }
-
-
-@lru_cache(maxsize=8)
-def _nvml_handle(uuid: str):
-    import pynvml
-
-    pynvml.nvmlInit()
-    return pynvml.nvmlDeviceGetHandleByUUID(uuid)
 
 
 def _device_uuid(device) -> str | None:
@@ -47,15 +39,14 @@ def nvml_memory(device) -> dict[str, float]:
     if device is None or device.type != "cuda":
         return {}
     try:
-        import pynvml
-
         uuid = _device_uuid(device)
-        if uuid is None:
-            return {}
-        info = pynvml.nvmlDeviceGetMemoryInfo(_nvml_handle(uuid))
-    except Exception:  # no NVML library, no permission, a MIG slice NVML cannot query: leave it out
+    except Exception:  # torch cannot describe the device: leave it out
         return {}
-    return {"gpu_mem_used": float(info.used), "gpu_mem_total": float(info.total)}
+    reading = gpu_memory_used(uuid) if uuid is not None else None
+    if reading is None:  # no NVML library, no permission, a MIG slice NVML cannot query: leave it out
+        return {}
+    used, total = reading
+    return {"gpu_mem_used": float(used), "gpu_mem_total": float(total)}
 
 
 def memory_metrics(device) -> dict[str, float]:

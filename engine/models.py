@@ -27,6 +27,15 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # --------------------------------------------------------------------------- device and precision
 
 
+def quiet_libraries() -> None:
+    """The sink speaks for a job (and the TUI for the chat): transformers' own progress bars and
+    notices would only interleave with it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def training_device():
     """The device this process trains on: its CUDA GPU (LOCAL_RANK under a launcher), else the CPU."""
     import torch
@@ -239,7 +248,7 @@ def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bo
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from engine.distributed import sharded_loading
+    from engine.distributed.rank import sharded_loading
 
     # FSDP / ZeRO-3 (engine.dist_entry under accelerate launch) place the parameter shards themselves.
     sharded = sharded_loading() is not None

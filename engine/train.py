@@ -21,15 +21,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from engine.artifacts import RunArtifacts
+from engine.artifacts import RunArtifacts, resolve_resume, write_atomic
 from engine.errors import DataError, EngineError
-from engine.models import load_model, load_tokenizer, resolve_precision, training_device
+from engine.models import load_model, load_tokenizer, quiet_libraries, resolve_precision, training_device
+from engine.outcome import STATUS_BY_REASON, JobOutcome, Status
 from engine.sink import JsonlSink, MultiSink, Sink
 from presets import TrainPreset, dump_preset
+from presets.methods import METHODS
 
-Status = Literal["completed", "cancelled", "interrupted", "stopped"]
 
 # The preset's optimizer names → TrainingArguments.optim (the 8-bit and paged ones are bitsandbytes').
 OPTIMIZERS = {
@@ -46,14 +47,15 @@ MEMORY_ADVICE = (
 )
 
 
-@dataclass
-class TrainResult:
-    status: Status  # completed, or why the run ended early: cancelled / interrupted (resumable) / stopped
+@dataclass(kw_only=True)
+class TrainResult(JobOutcome):
+    """How a training run ended (status: completed, or why it ended early: cancelled / interrupted
+    (resumable) / stopped by the doctor or early stopping), with its figures."""
+
     run_dir: Path
     global_step: int
     total_steps: int
     final_dir: Path | None = None  # the trained adapter or model; None when the run did not finish
-    stop_reason: str | None = None  # the sink's or the doctor's reason (cancel, interrupt, nan, early_stop, …)
     last_checkpoint: Path | None = None
     best_checkpoint: Path | None = None  # lowest eval loss among the checkpoints on disk
     best_eval_loss: float | None = None
@@ -153,14 +155,19 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
         # Every trainable parameter takes part in each forward pass (frozen ones need no gradient):
         # DDP need not search the graph for unused ones at every step.
         ddp_find_unused_parameters=False,
+        # NEFTune: noise on the input embeddings in training mode only (evaluation and the saved model see none).
+        neftune_noise_alpha=training.neftune_noise_alpha,
     )
 
 
 def _trainer_class():
     from transformers import Trainer
 
+    from engine.methods import converts_saved_adapters, load_adapter_weights, save_adapter
+
     class EngineTrainer(Trainer):
-        """HF's Trainer, with each micro-batch's tokens counted by the callback (on the device)."""
+        """HF's Trainer, with each micro-batch's tokens counted by the callback (on the device), and
+        the adapters of PiSSA / OLoRA saved as plain LoRA (and read back) by engine.methods."""
 
         engine_callback = None
 
@@ -168,16 +175,22 @@ def _trainer_class():
             self.engine_callback.count_batch(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
+        def _save(self, output_dir=None, state_dict=None):
+            super()._save(output_dir, state_dict)
+            if self.args.should_save:
+                save_adapter(self.accelerator.unwrap_model(self.model), output_dir or self.args.output_dir)
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            model = model if model is not None else self.model
+            if converts_saved_adapters(model):
+                load_adapter_weights(model, resume_from_checkpoint)
+            else:
+                super()._load_from_checkpoint(resume_from_checkpoint, model)
+
     return EngineTrainer
 
 
 # --------------------------------------------------------------------------- files
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: ranks may write at once
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _clean_leftovers(artifacts: RunArtifacts) -> None:
@@ -191,29 +204,14 @@ def _clean_leftovers(artifacts: RunArtifacts) -> None:
                 shutil.rmtree(child, ignore_errors=True)
 
 
-def resolve_resume(resume_from: str | Path, artifacts: RunArtifacts) -> Path:
-    """A checkpoint folder, or a run folder (its latest checkpoint)."""
-    path = Path(resume_from).expanduser()
-    if (path / "trainer_state.json").is_file():
-        return path
-    latest = RunArtifacts(path).latest_checkpoint() if path.is_dir() else None
-    if latest is not None:
-        return latest
-    known = ", ".join(str(p) for p in artifacts.checkpoints().values()) or "none"
-    raise EngineError(
-        f"cannot resume from {path}: not a complete checkpoint (no trainer_state.json)",
-        f"pass a checkpoint folder such as runs/<id>/checkpoints/checkpoint-<step>; this run's checkpoints: {known}",
-    )
-
-
 def load_checkpoint_weights(model, checkpoint: Path) -> None:
     """Put a checkpoint's trained weights (adapter or full model) into the in-memory model."""
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
-        from peft.utils import load_peft_weights, set_peft_model_state_dict
+        from engine.methods import load_adapter_weights
 
-        set_peft_model_state_dict(model, load_peft_weights(str(checkpoint), device=str(model.device)))
+        load_adapter_weights(model, checkpoint)
     else:
         from transformers.trainer_utils import load_sharded_checkpoint
 
@@ -268,11 +266,8 @@ def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink):
         f"data: {report.train_samples} training / {report.eval_samples} validation samples ({report.format}), "
         f"{report.supervised_share:.0%} supervised tokens" + (f"; dropped {dropped}" if dropped else ""),
     )
-    try:
-        from engine.doctor.data_rules import data_findings
-    except ImportError:
-        sink.event("warning", "the doctor's data rules (engine.doctor.data_rules) are not installed: data not checked")
-        return bundle
+    from engine.doctor.data_rules import data_findings
+
     errors = []
     for finding in data_findings(report):
         sink.finding(finding.to_dict())
@@ -288,14 +283,6 @@ def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink):
 # --------------------------------------------------------------------------- the run
 
 
-def quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
-
-    # The sink is the run's voice; transformers' own progress bars and notices would only interleave.
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
-
 def train(preset: TrainPreset, run_dir: str | Path, sink: Sink, *, resume_from: str | Path | None = None) -> TrainResult:
     """Train as the preset says, writing the run folder; EngineError (with advice) on a user-facing failure.
 
@@ -307,7 +294,7 @@ def train(preset: TrainPreset, run_dir: str | Path, sink: Sink, *, resume_from: 
     # Under engine.dist_entry every rank trains; only the main one writes the run's files.
     main = is_main_process()
     if main:
-        _write_atomic(artifacts.preset_file, dump_preset(preset))
+        write_atomic(artifacts.preset_file, dump_preset(preset))
     jsonl = JsonlSink(artifacts.metrics_file) if main else None
     sinks = MultiSink(sink, jsonl)
     try:
@@ -327,9 +314,9 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     import torch
     from transformers import PrinterCallback, ProgressCallback, set_seed
 
-    from engine.callback import STATUS_BY_REASON, EngineCallback
+    from engine.callback import EngineCallback
     from engine.data import make_collator
-    from engine.methods import apply_method, trainable_parameters
+    from engine.methods import apply_method, loraplus_optimizer, trainable_parameters
 
     started = time.perf_counter()
     quiet_libraries()
@@ -353,7 +340,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
 
     sink.event("info", f"loading model on {device} ({precision})")
     method = preset.method.name
-    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=method in ("full", "freeze"))
+    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=METHODS[method].trains_base_weights)
     set_seed(preset.training.seed)  # adapter initialisation does not depend on how loading used the RNG
     model = apply_method(model, preset, total_steps=steps)
     trainable, total = trainable_parameters(model)
@@ -376,6 +363,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
         data_collator=make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length),
         processing_class=tokenizer,
         callbacks=[callback],
+        optimizer_cls_and_kwargs=loraplus_optimizer(preset, args),  # None unless method.lora.loraplus_lr_ratio
     )
     trainer.engine_callback = callback
     # The sink is the run's output: no tqdm bar, no printed log dicts.

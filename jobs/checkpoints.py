@@ -25,11 +25,12 @@ from pathlib import Path
 from jobs.db_sink import directory_size
 from jobs.store import Store
 from jobs.workspace import Workspace
+from presets.errors import TunebenchError
 
 TOMBSTONE_PREFIX = ".deleting-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(TunebenchError, ValueError):
     """A checkpoint action that cannot be done; the message says why."""
 
 
@@ -130,7 +131,7 @@ def find_checkpoint(store: Store, ws: Workspace, run_id: str, step: int) -> Chec
         if info.step == step:
             return info
     steps = ", ".join(str(c.step) for c in list_checkpoints(store, ws, run_id)) or "none"
-    raise CheckpointError(f"run {run_id} has no checkpoint at step {step}; its checkpoints: {steps}")
+    raise CheckpointError(f"run {run_id} has no checkpoint at step {step}", f"its checkpoints: {steps}")
 
 
 # --------------------------------------------------------------------------- keep
@@ -151,7 +152,7 @@ def set_keep(store: Store, ws: Workspace, run_id: str, step: int, keep: bool) ->
     """Mark (or unmark) a checkpoint keep: the row's flag and the marker file the engine's pruning reads."""
     info = find_checkpoint(store, ws, run_id, step)
     if not info.on_disk:
-        raise CheckpointError(f"the checkpoint at step {step} is gone from disk ({info.path}); `tunebench checkpoints {run_id} --repair` forgets it")
+        raise CheckpointError(f"the checkpoint at step {step} is gone from disk ({info.path})", f"`tunebench checkpoints {run_id} --repair` forgets it")
     if not info.recorded:
         store.add_checkpoint(run_id, step, str(info.path), trainer_state_metrics(info.path), info.size_bytes)
     _write_marker(info.path, keep)
@@ -252,7 +253,7 @@ def export_weights(source: Path, destination: Path, *, base_model: str | None = 
     skip.add(KEEP_MARKER)
     destination = destination.expanduser().resolve()
     if destination.exists() and any(destination.iterdir()):
-        raise CheckpointError(f"{destination} exists and is not empty; choose a new folder")
+        raise CheckpointError(f"{destination} exists and is not empty", "choose a new folder")
     tmp = destination.with_name(f".{destination.name}.partial-{secrets.token_hex(3)}")
     copied = []
     try:

@@ -22,12 +22,13 @@ from jobs.engine_process import EngineStatus, engine_status, last_checkpoint, st
 from jobs.queue import JobQueue
 from jobs.store import Run, RunNotFound, Store, open_store
 from jobs.workspace import Workspace, resolve_workspace
+from presets.errors import TunebenchError
 
 RESUMABLE = ("interrupted", "cancelled", "failed")
 RETRYABLE = ("completed", "failed", "cancelled", "interrupted")
 
 
-class ControlError(Exception):
+class ControlError(TunebenchError):
     """A request that cannot be carried out as asked; the message says why and what to do."""
 
 
@@ -102,12 +103,15 @@ def freeze_preset(ws: Workspace, preset: Any, overrides: list[str] | None = None
 
 
 def submit(workspace, preset, *, name: str | None = None, priority: int = 0, overrides: list[str] | None = None,
-           dry_run: bool = False, dry_run_seconds: float = 0.0, start: bool = True) -> Run:
+           dry_run: bool = False, dry_run_seconds: float = 0.0, park_at_step: int | None = None,
+           start: bool = True) -> Run:
     """Validate and freeze a preset, create a `queued` run and enqueue it; start the engine if none runs.
 
     `preset`: a name, a path or a preset object. `dry_run`: the job goes through the queue and a
     job process but trains nothing (it stays running `dry_run_seconds`). `start=False` leaves the
-    engine alone (tests, batch submissions followed by one ensure_engine).
+    engine alone (tests, batch submissions followed by one ensure_engine). `park_at_step`, a test
+    hook: training waits after step N (its logging and checkpoint done) until a stop is asked for,
+    so that a cancel, a SIGTERM or a kill lands at a known step.
     """
     from presets import dump_preset
 
@@ -120,6 +124,8 @@ def submit(workspace, preset, *, name: str | None = None, priority: int = 0, ove
         info.update(dry_run=True, dry_run_seconds=float(dry_run_seconds))
     if overrides:
         info["overrides"] = list(overrides)
+    if park_at_step is not None:
+        info["park_at_step"] = int(park_at_step)
     run = store.create_run(frozen.kind, name or frozen.name, text, priority=priority, info=info)
     run_dir = ws.run_dir(run.id)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def resume(workspace, ref: str, from_step: int | None = None, *, start: bool = T
     store = open_store(ws)
     run = _resolve(store, ref)
     if run.kind != "train":
-        raise ControlError(f"run {run.id} is a {run.kind} job: only training resumes; `tunebench retry {run.id}` runs it again")
+        raise ControlError(f"run {run.id} is a {run.kind} job: only training resumes", f"`tunebench retry {run.id}` runs it again")
     if run.state not in RESUMABLE:
         raise ControlError(f"run {run.id} is {run.state}; only {', '.join(RESUMABLE)} runs resume")
     if run.dry_run:
@@ -220,13 +226,13 @@ def _choose_checkpoint(store: Store, ws: Workspace, run: Run, from_step: int | N
     available = {row.step: row.path for row in store.list_checkpoints(run.id) if Path(row.path).exists()}
     available.update({s: str(p) for s, p in _disk_checkpoints(ws, run.id).items()})
     if not available:
-        raise ControlError(f"run {run.id} has no checkpoint to resume from; `tunebench retry {run.id}` starts it again")
+        raise ControlError(f"run {run.id} has no checkpoint to resume from", f"`tunebench retry {run.id}` starts it again")
     if from_step is None:
         latest = last_checkpoint(store, ws, run.id)
         return latest if latest else (max(available), available[max(available)])
     if from_step not in available:
         steps = ", ".join(str(s) for s in sorted(available))
-        raise ControlError(f"run {run.id} has no checkpoint at step {from_step}; its checkpoints: {steps}")
+        raise ControlError(f"run {run.id} has no checkpoint at step {from_step}", f"its checkpoints: {steps}")
     return from_step, available[from_step]
 
 
@@ -236,7 +242,7 @@ def retry(workspace, ref: str, *, start: bool = True) -> Run:
     store = open_store(ws)
     old = _resolve(store, ref)
     if old.state not in RETRYABLE:
-        raise ControlError(f"run {old.id} is {old.state}; retry a run once it has ended")
+        raise ControlError(f"run {old.id} is {old.state}", "retry a run once it has ended")
     info = {key: old.info[key] for key in ("dry_run", "dry_run_seconds", "overrides") if key in old.info}
     base_name = re.sub(r"-\d+$", "", old.name)  # "demo-3" retried is "demo-4", not "demo-3-2"
     run = store.create_run(old.kind, base_name, old.preset_yaml, priority=old.priority, parent_run=old.id, info=info)
@@ -259,11 +265,11 @@ def remove(workspace, ref: str) -> Run:
     store = open_store(ws)
     run = _resolve(store, ref)
     if run.state == "running":
-        raise ControlError(f"run {run.id} is running: `tunebench cancel {run.id}` first")
+        raise ControlError(f"run {run.id} is running", f"`tunebench cancel {run.id}` first")
     if run.state == "queued":
         store.set_state(run.id, "cancelled", expect="queued")
         if store.get_run(run.id).state == "running":
-            raise ControlError(f"run {run.id} started just now: `tunebench cancel {run.id}` first")
+            raise ControlError(f"run {run.id} started just now", f"`tunebench cancel {run.id}` first")
     folder = ws.run_dir(run.id)
     trash = None
     if folder.exists():

@@ -25,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -33,12 +34,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from huey.consumer import Consumer, ConsumerStopped
-
 from jobs.gpus import GpuRequestError, GpuScheduler, cuda_visible_devices, gpus_needed
 from jobs.queue import JobQueue, consumer_options
 from jobs.store import Store, open_store
 from jobs.workspace import Workspace, resolve_workspace
+from presets.errors import TunebenchError
 
 log = logging.getLogger("tunebench.engine")
 
@@ -47,10 +47,13 @@ INFO_NAME = "engine.json"
 START_TIMEOUT = 30.0
 # How long a job may take to write its checkpoint and exit after SIGTERM before it is killed.
 JOB_STOP_TIMEOUT = 600.0
+# SIGTERM, SIGINT and SIGHUP all stop the engine once the running jobs have checkpointed.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+HEALTH_CHECK_S = 5.0  # how often dead Huey worker threads are replaced
 
 
-class EngineError(Exception):
-    """The engine cannot be started or stopped; the message says why and where to look."""
+class EngineProcessError(TunebenchError):
+    """The engine process cannot be started or stopped; the message says why and where to look."""
 
 
 @dataclass
@@ -79,7 +82,7 @@ def visible_gpus() -> list[str]:
 
     NVML (nvidia-ml-py) rather than torch: the engine stays light and never holds a CUDA context.
     """
-    from engine.distributed import visible_gpu_ids  # stdlib + presets only: no torch
+    from engine.hardware import visible_gpu_ids  # stdlib only: no torch
 
     return visible_gpu_ids()
 
@@ -180,10 +183,10 @@ def start_engine(ws: Workspace, *, timeout: float = START_TIMEOUT) -> EngineStat
         if proc.poll() is not None and not _engine_alive(ws):
             if proc.returncode == EXIT_ALREADY_RUNNING:
                 continue  # another submitter started one a moment ago: it will show up
-            raise EngineError(f"the engine exited at start (code {proc.returncode}); see {ws.engine_log}:\n"
+            raise EngineProcessError(f"the engine exited at start (code {proc.returncode}); see {ws.engine_log}:\n"
                               + _tail(ws.engine_log))
         time.sleep(0.02)
-    raise EngineError(f"the engine did not come up within {timeout:.0f} s; see {ws.engine_log}")
+    raise EngineProcessError(f"the engine did not come up within {timeout:.0f} s; see {ws.engine_log}")
 
 
 def stop_engine(ws: Workspace, *, timeout: float = JOB_STOP_TIMEOUT) -> bool:
@@ -192,7 +195,7 @@ def stop_engine(ws: Workspace, *, timeout: float = JOB_STOP_TIMEOUT) -> bool:
         return False
     pid = _read_info(ws).get("pid")
     if not pid:
-        raise EngineError(f"an engine holds {_lock_path(ws)} but wrote no pid to {_info_path(ws)}")
+        raise EngineProcessError(f"an engine holds {_lock_path(ws)} but wrote no pid to {_info_path(ws)}")
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -202,7 +205,7 @@ def stop_engine(ws: Workspace, *, timeout: float = JOB_STOP_TIMEOUT) -> bool:
         if not _engine_alive(ws):
             return True
         time.sleep(0.05)
-    raise EngineError(f"the engine (pid {pid}) is still stopping after {timeout:.0f} s; see {ws.engine_log}")
+    raise EngineProcessError(f"the engine (pid {pid}) is still stopping after {timeout:.0f} s; see {ws.engine_log}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -314,8 +317,7 @@ class Engine:
             log.info("engine %s for %s on %s", os.getpid(), self.ws.root,
                      ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU")
             self.recover()
-            consumer = _EngineConsumer(self, self.queue.huey, **consumer_options(self.workers))
-            consumer.run()
+            self.consume()
             log.info("engine stopped")
             return 0
         finally:
@@ -459,42 +461,77 @@ class Engine:
                 log.info("run %s: asking the job to checkpoint and stop", run_id)
                 proc.send_signal(signal.SIGTERM)
 
+    # ----------------------------------------------------------------- the consumer
 
-class _EngineConsumer(Consumer):
-    """Huey's consumer with the engine's shutdown: SIGTERM, SIGINT and SIGHUP all stop it once the
-    running jobs have checkpointed (Huey would restart on SIGHUP, and with thread workers it
-    cannot interrupt a job that runs in another process)."""
+    def consume(self) -> None:
+        """Run Huey's consumer until a stop signal, or until our workspace is removed or replaced;
+        then ask the running jobs to checkpoint and stop, and wait for them (JOB_STOP_TIMEOUT)."""
+        stop_signals = StopSignals()
+        try:
+            consumer = self.queue.huey.create_consumer(**consumer_options(self.workers, JOB_STOP_TIMEOUT))
+            consumer.start()
+            stop_signals.install()  # again: the consumer put in its own (SIGHUP would restart it)
+            next_health_check = time.monotonic() + HEALTH_CHECK_S
+            while True:
+                signum = stop_signals.wait(0.1)
+                if signum is not None:
+                    log.info("received %s: stopping", signal.Signals(signum).name)
+                    break
+                if self.workspace_replaced():
+                    log.warning("the workspace %s was removed or replaced: stopping", self.ws.root)
+                    break
+                if time.monotonic() >= next_health_check:
+                    next_health_check = time.monotonic() + HEALTH_CHECK_S
+                    consumer.check_worker_health()
+            self.stopping.set()
+            self.interrupt_children()
+            consumer.stop(graceful=True)  # waits for the worker threads, at most JOB_STOP_TIMEOUT
+            with self._children_lock:
+                stuck = list(self.children.values())
+            for proc in stuck:  # did not stop in time: the next engine marks its run interrupted
+                proc.kill()
+        finally:
+            stop_signals.close()
 
-    def __init__(self, engine: Engine, huey, **options):
-        self.engine = engine
-        super().__init__(huey, **options)
 
-    def _set_signal_handlers(self):
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, self._handle_signal)
+class StopSignals:
+    """The engine's stop signals (STOP_SIGNALS), read from a wakeup pipe.
 
-    def _handle_signal(self, signum, frame):
-        self._signum = signum
-        self._restart, self._graceful = False, True
+    Python writes every signal number to the pipe whichever Python handler is in place, so a
+    signal that comes while Huey's consumer has its own handlers installed (it sets them as it
+    starts) is not lost. The handlers here do nothing but keep the default action (death) away.
+    """
 
-    def loop(self, health_check_ts=None):
-        if self.engine.workspace_replaced():
-            log.warning("the workspace %s was removed or replaced: stopping", self.engine.ws.root)
-            self.stop()
-            raise ConsumerStopped
-        return super().loop(health_check_ts)
+    def __init__(self):
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)  # set_wakeup_fd needs it
+        self._previous_fd = signal.set_wakeup_fd(self._write)
+        self._previous_handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+        self.install()
 
-    def stop(self, graceful=False):
-        self.engine.stopping.set()
-        self.stop_flag.set()
-        self.engine.interrupt_children()
-        deadline = time.monotonic() + JOB_STOP_TIMEOUT
-        for _, thread in self.worker_threads:
-            thread.join(max(deadline - time.monotonic(), 0))
-        with self.engine._children_lock:
-            stuck = list(self.engine.children.values())
-        for proc in stuck:  # did not stop in time: the next engine marks its run interrupted
-            proc.kill()
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _noted_in_the_pipe)
+
+    def wait(self, timeout: float) -> int | None:
+        """The first stop signal that comes within `timeout` seconds, else None."""
+        ready, _, _ = select.select([self._read], [], [], timeout)
+        if not ready:
+            return None
+        received = os.read(self._read, 64)
+        return next((signum for signum in received if signum in STOP_SIGNALS), None)
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous_fd)
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def _noted_in_the_pipe(signum, frame) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------- entry point

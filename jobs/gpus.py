@@ -20,8 +20,10 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from presets.errors import TunebenchError
 
-class GpuRequestError(ValueError):
+
+class GpuRequestError(TunebenchError, ValueError):
     """A request that can never be granted on this machine; the message says what to change."""
 
 
@@ -88,7 +90,7 @@ class GpuScheduler:
         if count > len(self.gpu_ids):
             have = f"{len(self.gpu_ids)} GPU(s) ({', '.join(self.gpu_ids)})" if self.gpu_ids else "no GPU"
             raise GpuRequestError(
-                f"the job needs {count} GPUs and this machine has {have}: "
+                f"the job needs {count} GPUs and this machine has {have}",
                 f"lower distributed.num_processes to at most {len(self.gpu_ids)}, or run it on a larger node"
             )
 

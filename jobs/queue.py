@@ -1,9 +1,13 @@
-"""The job queue: Huey over SQLite (`queue.db` in the workspace).
+"""The job queue: Huey, over SQLite (`queue.db` in the workspace) unless told otherwise.
 
 Only run ids travel through it; the run itself (frozen preset, state) lives in the store. The one
 task, `run_job(run_id)`, hands the id to the engine's executor; a submitting process builds the
 same queue without an executor and only enqueues. Priorities are Huey's: higher runs first, equal
 priorities in submission order.
+
+Only Huey's public API is used (a storage class, enqueue / pending / revoke, the Consumer's
+constructor), and the storage is chosen in one place, `QUEUE_STORAGES`: a queue shared by several
+GPU boxes (Redis, say) is one more entry there, not a rewrite.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from huey import SqliteHuey
+from huey import Huey
+from huey.storage import SqliteStorage
 
 from jobs.workspace import Workspace
 
@@ -28,15 +33,29 @@ POLL_MAX = 0.25
 log = logging.getLogger("tunebench.queue")
 
 
+def _sqlite_storage(workspace: Workspace) -> tuple[type, dict]:
+    Path(workspace.queue_db).parent.mkdir(parents=True, exist_ok=True)
+    return SqliteStorage, {"filename": str(workspace.queue_db), "timeout": 15}
+
+
+# Where the queue lives: name → (Huey storage class, its options) for a workspace.
+QUEUE_STORAGES: dict[str, Callable[[Workspace], tuple[type, dict]]] = {"sqlite": _sqlite_storage}
+DEFAULT_STORAGE = "sqlite"
+
+
+def create_huey(workspace: Workspace, storage: str = DEFAULT_STORAGE) -> Huey:
+    """The workspace's Huey: the one place that chooses the queue's storage."""
+    storage_class, options = QUEUE_STORAGES[storage](workspace)
+    return Huey(QUEUE_NAME, results=False, store_none=False, utc=True, storage_class=storage_class, **options)
+
+
 class JobQueue:
     """The workspace's queue. `executor(run_id)` runs a job; only the engine passes one."""
 
     def __init__(self, workspace: Workspace, executor: Callable[[str], None] | None = None):
         self.workspace = workspace
-        Path(workspace.queue_db).parent.mkdir(parents=True, exist_ok=True)
         self.executor = executor
-        self.huey = SqliteHuey(name=QUEUE_NAME, filename=str(workspace.queue_db), results=False,
-                               store_none=False, utc=True, timeout=15)
+        self.huey = create_huey(workspace)
 
         def run_job(run_id: str) -> None:
             if self.executor is None:
@@ -51,37 +70,30 @@ class JobQueue:
 
     def pending_run_ids(self) -> list[str]:
         """Run ids waiting in the queue, in the order they will be taken."""
-        ids = []
-        for task in self.huey.pending():
-            args = task.args or ()
-            if args:
-                ids.append(args[0])
-        return ids
+        return [task.args[0] for task in self._waiting()]
 
     def discard(self, run_id: str) -> int:
         """Take a run's waiting tasks off the queue (a cancelled or re-prioritised run); how many went.
 
-        Harmless if the engine takes one in the meantime: it finds the run no longer queued, or
-        runs it once (the claim is atomic).
+        Revoked, in Huey's terms: the consumer skips such a task when it comes to it. Harmless if the
+        engine takes one in the meantime: it finds the run no longer queued, or runs it once (the
+        claim is atomic).
         """
-        storage = self.huey.storage
-        removed = 0
-        for task_id, data in storage.sql("select id, data from task where queue = ?", (storage.name,), results=True):
-            try:
-                args = self.huey.deserialize_task(data).args or ()
-            except Exception:
-                continue  # not ours to judge
-            if args and args[0] == run_id:
-                storage.sql("delete from task where id = ?", (task_id,), commit=True)
-                removed += 1
-        return removed
+        tasks = [task for task in self._waiting() if task.args[0] == run_id]
+        for task in tasks:
+            self.huey.revoke(task, revoke_once=True)  # once: the consumer drops the mark as it skips the task
+        return len(tasks)
+
+    def _waiting(self) -> list:
+        """Our tasks still in the queue and not revoked, in the order they will be taken."""
+        return [task for task in self.huey.pending() if task.args and not self.huey.is_revoked(task)]
 
     def __len__(self) -> int:
-        return self.huey.pending_count()
+        return len(self._waiting())
 
 
-
-def consumer_options(workers: int) -> dict:
-    """Huey Consumer settings: one thread per GPU slot, fast polling (see POLL_*)."""
+def consumer_options(workers: int, shutdown_timeout: float) -> dict:
+    """Huey Consumer settings: one thread per GPU slot, fast polling (see POLL_*), and how long a
+    graceful stop waits for the running jobs."""
     return dict(workers=workers, worker_type="thread", initial_delay=POLL_INITIAL, backoff=POLL_BACKOFF,
-                max_delay=POLL_MAX, periodic=False, check_worker_health=True, health_check_interval=5)
+                max_delay=POLL_MAX, periodic=False, shutdown_timeout=shutdown_timeout)

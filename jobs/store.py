@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from jobs.workspace import Workspace
+from presets.errors import TunebenchError
 
 BUSY_TIMEOUT_MS = 15_000
 
@@ -130,19 +131,16 @@ MIGRATIONS: list[list[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(Exception):
+class StoreError(TunebenchError):
     """The database cannot be used (e.g. written by a newer tunebench)."""
 
 
-class RunNotFound(KeyError):
+class RunNotFound(TunebenchError, KeyError):
     """`resolve_run` found no run, or several, for a reference."""
 
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0]) if self.args else "run not found"
 
-
-class InvalidTransition(ValueError):
-    pass
+class InvalidTransition(TunebenchError, ValueError):
+    """A state change the run's current state does not allow (a cancel of a finished run, say)."""
 
 
 @dataclass
@@ -356,7 +354,7 @@ class Store:
             version = self._version(conn)
             if version > len(migrations):
                 raise StoreError(
-                    f"{self.path} has schema version {version}, newer than this tunebench knows ({len(migrations)}); "
+                    f"{self.path} has schema version {version}, newer than this tunebench knows ({len(migrations)})",
                     "upgrade tunebench, or point --workspace at another directory"
                 )
             for number, statements in enumerate(migrations[version:], start=version + 1):
@@ -458,9 +456,9 @@ class Store:
         if len(matches) == 1:
             return self._row_to_run(next(iter(matches.values())))
         if not matches:
-            raise RunNotFound(f"no run matches {ref!r}; `tunebench ls` lists the runs")
+            raise RunNotFound(f"no run matches {ref!r}", "`tunebench ls` lists the runs")
         listed = ", ".join(f"{row[0]} ({row[2]})" for row in sorted(matches.values())[:8])
-        raise RunNotFound(f"{ref!r} matches {len(matches)} runs: {listed}; give more of the id")
+        raise RunNotFound(f"{ref!r} matches {len(matches)} runs: {listed}", "give more of the id")
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set plain columns (not the state: use set_state). `info` is merged, not replaced."""

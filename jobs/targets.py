@@ -7,28 +7,32 @@ an equivalent preset with explicit paths, which is what engine.evaluate.run_eval
 engine.merge.run_merge take. Explicit fields of the preset win over the run's.
 
 The jobs worker calls resolve_eval_preset / resolve_merge_preset right before the engine; the CLI
-and the TUI call eval_preset_for_run / merge_preset_for_run to build a preset from a run.
+and the TUI call eval_preset_for_run / merge_preset_for_run to build a preset from a run, and
+chat_target / path_target for what the chat pane and `tunebench chat` compare.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jobs.store import Run, RunNotFound, Store, open_store
 from jobs.workspace import Workspace, resolve_workspace
-from presets.schema import PROMPT_FAMILY, DataConfig, EvalPreset, MergePreset, ModelConfig, TrainPreset
+from presets.errors import TunebenchError
+from presets.methods import METHODS
+from presets.schema import DataConfig, EvalPreset, MergePreset, ModelConfig, TrainPreset
 
 EVALS_DIR = "evals"
 MERGED_DIR = "merged"
 
 
-class TargetError(ValueError):
-    """A run or checkpoint that cannot be evaluated or merged as asked; the message says what to do.
+class TargetError(TunebenchError, ValueError):
+    """A run or checkpoint that cannot be evaluated, merged or chatted with as asked; the message
+    says what to do.
 
-    The worker turns it into a failed job with this text; the CLI prints it without a traceback.
+    The worker turns it into a failed job with this text; the CLI prints it without a traceback,
+    the TUI shows it as it is.
     """
 
 
@@ -114,14 +118,105 @@ def run_target(store: Store, ws: Workspace, ref: str, checkpoint: int | None = N
     return RunTarget(run, artifacts.run_dir, preset, checkpoint, weights, is_adapter_dir(weights))
 
 
+def result_choices(store: Store, ws: Workspace, ref: str) -> tuple[str, list[int], bool]:
+    """(run id, checkpoint steps on disk, has a final result): what a run offers to compare."""
+    from engine.artifacts import RunArtifacts
+
+    try:
+        run = store.resolve_run(ref)
+    except RunNotFound as exc:
+        raise TargetError(str(exc)) from None
+    final = RunArtifacts(ws.run_dir(run.id)).final_dir.is_dir()
+    return run.id, list(checkpoint_dirs(store, ws, run.id)), final
+
+
+# --------------------------------------------------------------------------- chat
+
+
+@dataclass
+class ChatTarget:
+    """Everything ChatSession.load needs, resolved from a run (or from a base and an adapter folder)."""
+
+    base: str
+    target: str | None
+    compare_to: str | None = None
+    run_id: str | None = None
+    checkpoint: int | None = None
+    model_config: ModelConfig | None = None  # the run's (quantisation, dtype, trust_remote_code)
+    data_config: DataConfig | None = None  # the run's (its validation split feeds the probe set)
+    chat_template: str | None = None
+    system_prompt: str | None = None
+    labels: tuple[str, str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        left = self.labels[0] if self.labels else "base"
+        right = self.labels[1] if self.labels else "fine-tuned"
+        where = f"run {self.run_id}" if self.run_id else self.base
+        return f"{left} vs {right} ({where})"
+
+
+def chat_target(ws: Workspace, run_ref: str, *, checkpoint: int | None = None,
+                compare: str | int | None = None) -> ChatTarget:
+    """Resolve a run (id, prefix or name) into its base model, the result to compare and its chat
+    settings. `checkpoint`: a step instead of the final result; `compare`: a step for the left side
+    (two checkpoints of one run) instead of the base. A run with no final result yet (still
+    training) falls back to its latest checkpoint."""
+    store = open_store(ws)
+    notes = []
+    try:
+        right = run_target(store, ws, run_ref, checkpoint)
+    except TargetError:
+        if checkpoint is not None:
+            raise
+        try:
+            run = store.resolve_run(run_ref)
+        except RunNotFound as exc:
+            raise TargetError(str(exc)) from None
+        steps = checkpoint_dirs(store, ws, run.id)
+        if not steps:
+            raise TargetError(f"run {run.id} ({run.state}) has no final result and no checkpoint yet; wait for its first checkpoint") from None
+        right = run_target(store, ws, run.id, max(steps))
+        notes.append(f"run {run.id} has no final result ({run.state}): using its latest checkpoint, step {right.checkpoint}")
+    left = None
+    if compare not in (None, "base", ""):
+        try:
+            step = int(compare)
+        except (TypeError, ValueError):
+            raise TargetError(f"--compare {compare!r}: give base or a checkpoint step") from None
+        left = run_target(store, ws, right.run.id, step)
+    if right.run.kind != "train":
+        raise TargetError(f"run {right.run.id} is a {right.run.kind} run; chat compares the result of a train run")
+
+    def label(target: RunTarget) -> str:
+        return "fine-tuned" if target.checkpoint is None else f"checkpoint-{target.checkpoint}"
+
+    preset = right.train_preset
+    return ChatTarget(
+        base=preset.model.path, target=str(right.weights_dir), compare_to=str(left.weights_dir) if left else None,
+        run_id=right.run.id, checkpoint=right.checkpoint, model_config=preset.model, data_config=preset.data,
+        chat_template=preset.data.chat_template, system_prompt=preset.data.system_prompt,
+        labels=(label(left) if left else "base", label(right)), notes=notes,
+    )
+
+
+def path_target(base: str | None, adapter: str | None) -> ChatTarget:
+    """A base model folder and an adapter (or fine-tuned model) folder, without a run: the
+    adapter's recorded base when `base` is left out."""
+    from engine.artifacts import adapter_base_model
+
+    if adapter and not Path(adapter).is_dir():
+        raise TargetError(f"--adapter {adapter}: no such folder")
+    if base is None and adapter:
+        base = adapter_base_model(adapter)
+        if not base:
+            raise TargetError(f"--adapter {adapter} records no base model: pass --base PATH")
+    if base is None:
+        raise TargetError("say what to compare: --run RUN, or --base PATH [--adapter PATH]")
+    return ChatTarget(base=base, target=adapter)
+
+
 # --------------------------------------------------------------------------- eval
-
-
-def _as_engine_error(error: TargetError):
-    # The worker reports EngineErrors as a failed job with a message (anything else as a traceback).
-    from engine.errors import EngineError
-
-    return EngineError(str(error), "`tunebench checkpoints RUN` lists what the run has")
 
 
 def resolve_eval_preset(preset: EvalPreset, workspace, *, store: Store | None = None) -> EvalPreset:
@@ -129,10 +224,7 @@ def resolve_eval_preset(preset: EvalPreset, workspace, *, store: Store | None = 
     store, ws = _context(preset, workspace, store)
     if preset.run is None:
         return preset
-    try:
-        target = run_target(store, ws, preset.run, preset.checkpoint)
-    except TargetError as exc:
-        raise _as_engine_error(exc) from None
+    target = run_target(store, ws, preset.run, preset.checkpoint)
     return preset.model_copy(update={
         "run": target.run.id,
         "model": preset.model or target.base_model,
@@ -172,8 +264,9 @@ def _check_mergeable(target: RunTarget) -> None:
             f"run {target.run.id} trained with method {target.method}: {target.weights_dir} is a full model, there is no adapter to merge; "
             f"`tunebench export {target.run.id}` copies it"
         )
-    if target.method in PROMPT_FAMILY:
-        raise TargetError(f"run {target.run.id} trained {target.method}: virtual tokens cannot be merged into weights; use the adapter as it is")
+    refusal = METHODS[target.method].merge_refusal if target.method in METHODS else None
+    if refusal:
+        raise TargetError(f"run {target.run.id} trained {target.method}: {refusal}")
 
 
 def resolve_merge_preset(preset: MergePreset, workspace, *, store: Store | None = None) -> MergePreset:
@@ -181,13 +274,10 @@ def resolve_merge_preset(preset: MergePreset, workspace, *, store: Store | None 
     store, ws = _context(preset, workspace, store)
     if preset.run is None:
         return preset
-    try:
-        if preset.method != "adapter":
-            raise TargetError(f"run: is for adapter merges; a {preset.method} merge lists its models: with paths")
-        target = run_target(store, ws, preset.run, preset.checkpoint)
-        _check_mergeable(target)
-    except TargetError as exc:
-        raise _as_engine_error(exc) from None
+    if preset.method != "adapter":
+        raise TargetError(f"run: is for adapter merges; a {preset.method} merge lists its models: with paths")
+    target = run_target(store, ws, preset.run, preset.checkpoint)
+    _check_mergeable(target)
     return preset.model_copy(update={
         "run": target.run.id,
         "adapter": preset.adapter or str(target.weights_dir),

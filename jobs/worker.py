@@ -12,11 +12,13 @@ saves a checkpoint at the next step boundary and the run ends `interrupted`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.db_sink import DbSink
 from jobs.store import Run, Store, open_store
@@ -24,23 +26,23 @@ from jobs.workspace import Workspace, resolve_workspace
 
 DRY_RUN_TICK = 0.1
 
-
-class Outcome:
-    """How a job ended: the final state, and for failures what happened and what to do."""
-
-    def __init__(self, state: str, error: str | None = None, advice: str | None = None):
-        self.state, self.error, self.advice = state, error, advice
+if TYPE_CHECKING:
+    from engine.outcome import JobOutcome
 
 
 # --------------------------------------------------------------------------- job bodies
+# Each returns the engine's JobOutcome (engine.outcome, imported inside the bodies: jobs/ loads the
+# engine only to run a job); settle() turns it into the run's final state.
 
 
-def dry_run(run: Run, sink: DbSink) -> Outcome:
+def dry_run(run: Run, sink: DbSink) -> JobOutcome:
     """The whole queue and worker path without training: one event, metrics, then done.
 
     `info.dry_run_seconds` keeps it "running" that long, emitting a `dry_run_tick` metric (its value
     is the wall time it was written) every 0.1 s and honouring stop requests like training does.
     """
+    from engine.outcome import JobOutcome
+
     seconds = float(run.info.get("dry_run_seconds") or 0.0)
     ticks = max(1, int(seconds / DRY_RUN_TICK))
     sink.run_started({"total_steps": ticks, "method": "dry-run", "device": "none"})
@@ -51,11 +53,10 @@ def dry_run(run: Run, sink: DbSink) -> Outcome:
         reason = sink.should_stop()
         if reason:
             sink.event("info", f"dry run stopped ({reason}) at step {step}", step)
-            return Outcome("cancelled" if reason == "cancel" else "interrupted",
-                           None if reason == "cancel" else "the engine stopped during a dry run")
+            return JobOutcome.stopped(reason)
         if step < ticks:
             time.sleep(max(0.0, started + step * seconds / ticks - time.monotonic()))
-    return Outcome("completed")
+    return JobOutcome("completed")
 
 
 def _load_frozen(run: Run, ws: Workspace):
@@ -64,94 +65,76 @@ def _load_frozen(run: Run, ws: Workspace):
     return load_preset_text(run.preset_yaml, str(ws.run_dir(run.id) / "preset.yaml"))
 
 
-def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
+def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
+    """A single-process preset trains here; a multi-process one runs as `accelerate launch` of
+    engine.dist_entry, whose launcher passes rank 0's records to this sink and its stop requests
+    (cancel, the SIGTERM interrupt, a dead engine) to every rank."""
+    from engine.callback import PARK_AT_STEP_ENV
+    from engine.distributed.launcher import launch
     from engine.train import train
 
+    if run.info.get("park_at_step") is not None:
+        os.environ[PARK_AT_STEP_ENV] = str(run.info["park_at_step"])  # read by every rank's callback
     preset = _load_frozen(run, ws)
     resume_from = run.info.get("resume_from")
     if resume_from:
         sink.event("info", f"resuming from {resume_from}", run.info.get("resume_step"))
-    if preset.distributed.strategy != "single":
-        result = _distributed_train(run, ws, preset, resume_from, sink)
-    else:
-        result = train(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
-    status = getattr(result, "status", "completed")
-    reason = getattr(result, "stop_reason", None) or getattr(result, "reason", None) or sink.last_stop_reason
-    if status == "completed":
-        return Outcome("completed")
-    if status == "cancelled" or (status == "stopped" and reason == "cancel"):
-        return Outcome("cancelled")
-    if status == "interrupted" or (status == "stopped" and reason == "interrupt"):
-        return _interrupted(run, store, "the engine stopped")
-    if reason == "early_stop":
-        sink.event("info", "stopped early: the eval loss stopped improving")
-        return Outcome("completed")
-    findings = store.findings(run.id)
-    advice = next((f.get("advice") for f in reversed(findings) if f.get("stop") and f.get("advice")), None)
-    return Outcome("failed", f"stopped by the doctor ({reason or status})", advice)
+    body = train if preset.distributed.strategy == "single" else launch
+    return body(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
 
 
-def _distributed_train(run: Run, ws: Workspace, preset, resume_from, sink: DbSink):
-    """A multi-process preset runs as `accelerate launch` of engine.dist_entry (engine.distributed):
-    launch() passes rank 0's metrics, events and checkpoints to this sink and its stop requests
-    (cancel, the SIGTERM interrupt, a dead engine) to every rank."""
-    from types import SimpleNamespace
-
-    from engine.distributed import launch
-    from engine.errors import EngineError
-
-    launched = launch(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
-    if launched.status == "failed":
-        raise EngineError(launched.error or "the distributed job failed", launched.advice)
-    return SimpleNamespace(status=launched.status, stop_reason=launched.result.get("stop_reason"))
-
-
-def _interrupted(run: Run, store: Store, why: str) -> Outcome:
-    checkpoints = store.list_checkpoints(run.id)
-    if checkpoints:
-        step = checkpoints[-1].step
-        return Outcome("interrupted", f"{why}; last checkpoint at step {step}",
-                       f"`tunebench resume {run.id}` continues from step {step}")
-    return Outcome("interrupted", f"{why} before the first checkpoint", f"`tunebench retry {run.id}` starts it again")
-
-
-def eval_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
+def eval_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
     from engine.evaluate import run_eval
     from jobs.targets import eval_output_dir, resolve_eval_preset
 
     preset = _load_frozen(run, ws)
     out_dir = eval_output_dir(ws, preset, run.id)
-    result = run_eval(resolve_eval_preset(preset, ws, store=store), out_dir, sink)
-    if isinstance(result, dict) and result.get("status") == "cancelled":
-        return _stopped(run, store, result.get("reason"))
-    store.add_eval_result(run.id, {"target_run": preset.run, "checkpoint": preset.checkpoint,
-                                   "out_dir": str(out_dir), "result": result})
-    store.update_run(run.id, info={"out_dir": str(out_dir)})
-    return Outcome("completed")
+    outcome = run_eval(resolve_eval_preset(preset, ws, store=store), out_dir, sink)
+    if outcome.status == "completed":
+        store.add_eval_result(run.id, {"target_run": preset.run, "checkpoint": preset.checkpoint,
+                                       "out_dir": str(out_dir), "result": outcome.details})
+        store.update_run(run.id, info={"out_dir": str(out_dir)})
+    return outcome
 
 
-def _stopped(run: Run, store: Store, reason: str | None) -> Outcome:
-    """An eval or merge that honoured a stop request."""
-    if reason == "cancel":
-        return Outcome("cancelled")
-    return Outcome("interrupted", "the engine stopped before the job finished",
-                   f"`tunebench retry {run.id}` runs it again")
-
-
-def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> Outcome:
+def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
     from engine.merge import run_merge
     from jobs.targets import merge_output_dir, resolve_merge_preset
 
     preset = _load_frozen(run, ws)
     out_dir = merge_output_dir(ws, preset, run.id)
-    result = run_merge(resolve_merge_preset(preset, ws, store=store), out_dir, sink)
-    if isinstance(result, dict) and result.get("status") == "cancelled":
-        return _stopped(run, store, result.get("reason"))
-    store.update_run(run.id, info={"out_dir": str(out_dir), "result": result})
-    return Outcome("completed")
+    outcome = run_merge(resolve_merge_preset(preset, ws, store=store), out_dir, sink)
+    if outcome.status == "completed":
+        store.update_run(run.id, info={"out_dir": str(out_dir), "result": outcome.details})
+    return outcome
 
 
 JOBS = {"train": train_job, "eval": eval_job, "merge": merge_job}
+
+
+def settle(run: Run, store: Store, sink: DbSink, outcome: JobOutcome) -> JobOutcome:
+    """The run's final state (completed, failed, cancelled or interrupted) from how its job ended."""
+    from engine.outcome import JobOutcome
+
+    if outcome.status in ("completed", "failed", "cancelled"):
+        return outcome
+    if outcome.status == "interrupted":
+        if run.kind != "train" or run.dry_run:
+            return JobOutcome("interrupted", error="the engine stopped before the job finished",
+                              advice=f"`tunebench retry {run.id}` runs it again")
+        checkpoints = store.list_checkpoints(run.id)
+        if checkpoints:
+            step = checkpoints[-1].step
+            return JobOutcome("interrupted", error=f"the engine stopped; last checkpoint at step {step}",
+                              advice=f"`tunebench resume {run.id}` continues from step {step}")
+        return JobOutcome("interrupted", error="the engine stopped before the first checkpoint",
+                          advice=f"`tunebench retry {run.id}` starts it again")
+    if outcome.stop_reason == "early_stop":
+        sink.event("info", "stopped early: the eval loss stopped improving")
+        return JobOutcome("completed")
+    findings = store.findings(run.id)
+    advice = next((f.get("advice") for f in reversed(findings) if f.get("stop") and f.get("advice")), None)
+    return JobOutcome("failed", error=f"stopped by the doctor ({outcome.stop_reason or outcome.status})", advice=advice)
 
 
 # --------------------------------------------------------------------------- the process
@@ -175,34 +158,34 @@ def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
     log_path = ws.run_dir(run_id) / "run.log"
     try:
         outcome = dry_run(run, sink) if run.dry_run else JOBS[run.kind](run, ws, store, sink)
+        outcome = settle(run, store, sink, outcome)
     except Exception as exc:
-        outcome = _failure(exc, log_path) or _stopped(run, store, getattr(exc, "reason", None))
+        outcome = _failure(exc, log_path)
     finally:
         try:
             sink.close()
         except Exception:
             traceback.print_exc()
-    store.set_state(run_id, outcome.state, error=outcome.error, advice=outcome.advice, expect="running")
-    print(f"=== run {run_id}: {outcome.state}" + (f": {outcome.error}" if outcome.error else ""), flush=True)
+    store.set_state(run_id, outcome.status, error=outcome.error, advice=outcome.advice, expect="running")
+    print(f"=== run {run_id}: {outcome.status}" + (f": {outcome.error}" if outcome.error else ""), flush=True)
     return 0
 
 
-def _failure(exc: Exception, log_path: Path) -> Outcome | None:
-    from engine.errors import EngineError
-    from presets import PresetError
+def _failure(exc: Exception, log_path: Path) -> JobOutcome:
+    """A job that raised: a TunebenchError says what to do; anything else is a bug, traceback in the log."""
+    from engine.outcome import JobOutcome
+    from presets import PresetError, TunebenchError
 
-    if isinstance(exc, EngineError) and getattr(exc, "reason", None) in ("cancel", "interrupt"):
-        return None  # a merge that stopped on request (engine.merge.MergeStopped): not a failure
-    if isinstance(exc, EngineError):
-        print(f"error: {exc}", flush=True)
-        return Outcome("failed", exc.message, exc.advice)
     if isinstance(exc, PresetError):
         print(f"error: {exc}", flush=True)
-        return Outcome("failed", str(exc), "the frozen preset no longer validates: submit the preset again")
+        return JobOutcome("failed", error=str(exc), advice="the frozen preset no longer validates: submit the preset again")
+    if isinstance(exc, TunebenchError):
+        print(f"error: {exc}", flush=True)
+        return JobOutcome("failed", error=exc.message, advice=exc.advice)
     traceback.print_exc()
     sys.stdout.flush()
     last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-    return Outcome("failed", last, f"the traceback is in {log_path}")
+    return JobOutcome("failed", error=last, advice=f"the traceback is in {log_path}")
 
 
 def main(argv: list[str] | None = None) -> int:

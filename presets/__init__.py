@@ -1,5 +1,7 @@
-"""Preset schema, YAML loading and the built-in presets. Imports nothing of tunebench."""
+"""Preset schema, YAML loading and the built-in presets, and the base of every user-facing error.
+Imports nothing of tunebench."""
 
+from presets.errors import TunebenchError
 from presets.loader import (
     Problem,
     PresetError,
@@ -17,6 +19,6 @@ from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
 
 __all__ = [
     "EvalPreset", "MergePreset", "Preset", "PresetError", "Problem", "TrainPreset",
-    "apply_overrides", "builtin_names", "dump_preset", "find_preset_file", "load_preset",
+    "TunebenchError", "apply_overrides", "builtin_names", "dump_preset", "find_preset_file", "load_preset",
     "load_preset_text", "resolve_paths", "save_user_preset", "validate_preset",
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from presets.errors import TunebenchError
 from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
 
 _PRESET_ADAPTER = TypeAdapter(Preset)
@@ -35,14 +36,14 @@ class Problem:
         return f"{where}{key}{self.message}"
 
 
-class PresetError(ValueError):
+class PresetError(TunebenchError, ValueError):
     """A preset that cannot be used; `problems` lists every reason."""
 
-    def __init__(self, source: str, problems: list[Problem]):
+    def __init__(self, source: str, problems: list[Problem], advice: str | None = None):
         self.source = source
         self.problems = problems
         lines = "\n".join(f"  {p}" for p in problems)
-        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}", advice)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -10,6 +10,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from presets.methods import LORA_INITS, METHODS, lora_init, method_names, methods_with
+
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
 
@@ -46,12 +48,7 @@ class ModelConfig(Section):
 
 # --------------------------------------------------------------------------- method
 
-MethodName = Literal[
-    "full", "freeze", "lora", "qlora", "dora", "rslora", "ia3", "adalora", "prompt_tuning", "prefix_tuning", "p_tuning"
-]
-LORA_FAMILY = ("lora", "qlora", "dora", "rslora", "adalora")
-PROMPT_FAMILY = ("prompt_tuning", "prefix_tuning", "p_tuning")
-ADAPTER_METHODS = LORA_FAMILY + ("ia3",) + PROMPT_FAMILY
+MethodName = Literal[method_names()]  # presets/methods.py is the table of methods
 
 
 class LoraParams(Section):
@@ -63,11 +60,28 @@ class LoraParams(Section):
     )
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full and saved with the adapter (e.g. embed_tokens, lm_head)")
     bias: Literal["none", "all", "lora_only"] = Field("none", description="which biases are trained")
+    init: str = Field(
+        "default",
+        description="how A and B start: " + ", ".join(LORA_INITS) + " (PiSSA / OLoRA move part of the base into the "
+        "adapter; saved adapters are converted back to plain LoRA; LoftQ needs a 4-bit base on a CUDA GPU)",
+    )
+    loraplus_lr_ratio: float | None = Field(
+        None, ge=1, description="LoRA+: the B matrices learn at training.lr x this ratio (the paper uses 16); null = one learning rate"
+    )
 
     @field_validator("target_modules", "modules_to_save", mode="before")
     @classmethod
     def _listify(cls, value):
         return value if value == "all-linear" else _as_list(value)
+
+    @field_validator("init")
+    @classmethod
+    def _known_init(cls, value):
+        try:
+            lora_init(value)
+        except KeyError:
+            raise ValueError(f"expected one of {', '.join(LORA_INITS)}, got {value!r}") from None
+        return value
 
 
 class AdaLoraParams(Section):
@@ -116,14 +130,17 @@ class PromptParams(Section):
 
 class MethodConfig(Section):
     name: MethodName = Field("lora", description="how the model is trained")
-    lora: LoraParams = Field(default_factory=LoraParams, description="lora, qlora, dora, rslora, adalora")
+    lora: LoraParams = Field(default_factory=LoraParams, description=", ".join(methods_with("lora")))
     adalora: AdaLoraParams = Field(default_factory=AdaLoraParams, description="adalora's rank budget schedule")
-    freeze: FreezeParams = Field(default_factory=FreezeParams, description="freeze")
-    ia3: IA3Params = Field(default_factory=IA3Params, description="ia3")
-    prompt: PromptParams = Field(default_factory=PromptParams, description="prompt_tuning, prefix_tuning, p_tuning")
+    freeze: FreezeParams = Field(default_factory=FreezeParams, description=", ".join(methods_with("freeze")))
+    ia3: IA3Params = Field(default_factory=IA3Params, description=", ".join(methods_with("ia3")))
+    prompt: PromptParams = Field(default_factory=PromptParams, description=", ".join(methods_with("prompt")))
 
 
 # --------------------------------------------------------------------------- data
+
+# Row formats; engine/data/formats.py holds one table row (detector, normaliser, columns) per name.
+DATA_FORMATS = ("alpaca", "sharegpt", "messages", "text")
 
 
 class ColumnMap(Section):
@@ -149,7 +166,7 @@ class RoleTags(Section):
 
 class DataConfig(Section):
     train_files: list[str] = Field(..., min_length=1, description="json, jsonl, csv or parquet files, or a hub dataset id")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = Field("auto", description="row format; auto detects it from the first rows")
+    format: Literal[("auto", *DATA_FORMATS)] = Field("auto", description="row format; auto detects it from the first rows")
     columns: ColumnMap = Field(default_factory=ColumnMap, description="column names, when they differ from the format's")
     tags: RoleTags = Field(default_factory=RoleTags, description="role keys and values of sharegpt/messages turns")
     hub_split: str = Field("train", description="split to read from a hub dataset")
@@ -204,6 +221,9 @@ class TrainingConfig(Section):
     keep_best: bool = Field(True, description="also keep the checkpoint with the lowest eval loss")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after this many evaluations without a better eval loss")
     load_best_at_end: bool = Field(False, description="the final result is the best checkpoint by eval loss, not the last")
+    neftune_noise_alpha: float | None = Field(
+        None, gt=0, description="NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden) on the input embeddings while training (5 is usual); null = off"
+    )
 
 
 class DoctorConfig(Section):
@@ -260,12 +280,61 @@ class TrainPreset(Section):
 
     @model_validator(mode="after")
     def _method_fits_quantization(self):
-        quant = self.model.quantization.mode
-        if self.method.name == "qlora" and quant == "none":
+        quant, name = self.model.quantization.mode, self.method.name
+        method = METHODS[name]
+        if method.quantization == "required" and quant == "none":
             # QLoRA means LoRA on a 4-bit base; say so rather than train plain LoRA silently.
-            raise ValueError("method qlora needs model.quantization.mode: 4bit (or 8bit)")
-        if quant != "none" and self.method.name in ("full", "freeze"):
-            raise ValueError(f"method {self.method.name} cannot train quantized weights: set model.quantization.mode: none or use qlora")
+            raise ValueError(f"method {name} needs model.quantization.mode: 4bit (or 8bit)")
+        if quant != "none" and method.quantization == "never":
+            on_quantized = next(n for n, m in METHODS.items() if m.quantization == "required")
+            raise ValueError(f"method {name} cannot train quantized weights: set model.quantization.mode: none or use {on_quantized}")
+        return self
+
+    @model_validator(mode="after")
+    def _lora_options_fit(self):
+        """method.lora.init and method.lora.loraplus_lr_ratio: the methods, bases and strategies they work with."""
+        lora, name, dist = self.method.lora, self.method.name, self.distributed
+        takers = ", ".join(n for n, m in METHODS.items() if m.lora_options)
+        if not METHODS[name].lora_options:
+            if lora.init != "default":
+                raise ValueError(f"method.lora.init {lora.init} does not apply to method {name}: it works with {takers}")
+            if lora.loraplus_lr_ratio is not None:
+                raise ValueError(f"method.lora.loraplus_lr_ratio does not apply to method {name}: it works with {takers}")
+            return self
+        init, quant = lora_init(lora.init), self.model.quantization.mode
+        if init.base == "unquantized" and quant != "none":
+            raise ValueError(f"method.lora.init {lora.init} needs model.quantization.mode: none (not {quant}): {init.base_why}")
+        if init.base == "4bit" and quant != "4bit":
+            raise ValueError(f"method.lora.init {lora.init} needs model.quantization.mode: 4bit (not {quant}): {init.base_why}")
+        if init.moves_base_weights and (lora.modules_to_save or lora.bias != "none" or METHODS[name].memory.magnitude_vectors):
+            raise ValueError(
+                f"method.lora.init {lora.init} trains the A and B matrices alone: every saved adapter is converted back "
+                "to a plain LoRA on the original base, which keeps neither method.lora.modules_to_save, a trained "
+                "method.lora.bias nor DoRA's magnitudes (drop them, or use method.lora.init default)"
+            )
+        if init.dora_why and METHODS[name].memory.magnitude_vectors:
+            raise ValueError(f"method.lora.init {lora.init} does not work with method {name}: {init.dora_why}")
+        if init.strategies is not None and dist.strategy not in init.strategies:
+            raise ValueError(
+                f"method.lora.init {lora.init} works under distributed.strategy {' or '.join(init.strategies)}, "
+                f"not {dist.strategy}: {init.strategies_why}"
+            )
+        sharded = "FSDP" if dist.strategy == "fsdp" else "ZeRO-3" if dist.strategy == "deepspeed" and dist.zero_stage == 3 else None
+        if init.whole_weights_why and sharded:
+            raise ValueError(
+                f"method.lora.init {lora.init} does not work under {sharded}, which loads the weights sharded: "
+                f"{init.whole_weights_why} (use distributed.strategy ddp, or deepspeed with zero_stage 1 or 2)"
+            )
+        if lora.loraplus_lr_ratio is not None and dist.strategy == "fsdp":
+            raise ValueError(
+                "method.lora.loraplus_lr_ratio does not work under FSDP: FSDP flattens each wrapped unit's A and B "
+                "matrices into one tensor, which takes one learning rate: use distributed.strategy ddp or deepspeed"
+            )
+        if lora.loraplus_lr_ratio is not None and dist.strategy == "deepspeed" and dist.offload:
+            raise ValueError(
+                "method.lora.loraplus_lr_ratio does not work with distributed.offload under DeepSpeed: ZeRO-Offload "
+                "steps with DeepSpeed's own CPU Adam, built without LoRA+'s parameter groups: set offload: false, or use ddp"
+            )
         return self
 
     @model_validator(mode="after")
@@ -280,28 +349,9 @@ class TrainPreset(Section):
                 "are not flattened and split across processes): use model.quantization.mode: 4bit "
                 "(QLoRA stores the 4-bit weights in the compute dtype so they shard), or deepspeed zero_stage 1/2, or ddp"
             )
-        if fsdp and method in PROMPT_FAMILY:
-            raise ValueError(
-                f"method {method} does not work under FSDP: its virtual-token module runs outside FSDP's "
-                "wrapped units and holds fp32 weights beside the half-precision base (FSDP needs one dtype per unit): "
-                "use distributed.strategy ddp or deepspeed"
-            )
-        if fsdp and method == "adalora":
-            raise ValueError(
-                "method adalora does not work under FSDP: it reallocates ranks from each parameter's whole "
-                "gradient, which FSDP shards: use lora, or distributed.strategy ddp"
-            )
-        if deepspeed and method == "adalora":
-            raise ValueError(
-                "method adalora does not work under DeepSpeed: it reallocates ranks from each parameter's "
-                "gradient after the step, which ZeRO reduces and frees inside its optimizer: use lora, or distributed.strategy ddp"
-            )
-        if fsdp and method == "ia3" and self.model.dtype != "fp32":
-            raise ValueError(
-                "method ia3 under FSDP needs model.dtype: fp32: IA3's fp32 scaling vectors sit inside the "
-                "adapted layers, which FSDP flattens into one tensor of one dtype with the base weights "
-                "(or use lora, or distributed.strategy ddp / deepspeed)"
-            )
+        for limit in METHODS[method].strategy_limits:
+            if limit.strategy == dist.strategy and not (limit.unless_fp32 and self.model.dtype == "fp32"):
+                raise ValueError(f"method {method} {limit.message}")
         if dist.offload and deepspeed and self.training.optimizer != "adamw":
             raise ValueError(
                 f"training.optimizer {self.training.optimizer} cannot step ZeRO-offloaded state: DeepSpeed steps "

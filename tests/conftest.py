@@ -16,6 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Tiers: unit/ (no engine process, no training run, no app: `make test-fast`), integration/ (real
+# training, the engine subprocess, the CLI end to end) and ui/ (the Textual app through Pilot,
+# snapshots, tmux). Shared helpers are the `helpers` package beside this file.
 SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 
 
@@ -49,6 +52,26 @@ def demo_workspace(workspace, tiny_model_dir, demo_data_file):
     workspace.data_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(demo_data_file, workspace.data_dir / "demo_capitals.json")
     return workspace
+
+
+@pytest.fixture
+def engine_cleanup(demo_workspace):
+    """Whatever a test started, no engine outlives it."""
+    from helpers.engine_process import kill_engine_group
+    from jobs.engine_process import stop_engine
+
+    yield demo_workspace
+    try:
+        stop_engine(demo_workspace, timeout=60)
+    except Exception:
+        pass
+    kill_engine_group(demo_workspace)
+
+
+@pytest.fixture
+def ws(engine_cleanup):
+    """A demo workspace whose engine is stopped when the test ends."""
+    return engine_cleanup
 
 
 @pytest.fixture

@@ -31,7 +31,8 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.screen import Screen
 from textual.signal import Signal
 
-from tui.backend import Backend, EngineInfo, GpuInfo, Overview, user_message
+from tui.backend import Backend, EngineInfo, GpuInfo, Overview
+from tui.format import user_message
 from tui.config import TuiConfig
 
 
@@ -364,12 +365,7 @@ def run_app(workspace_arg: str | None = None, *, open_run: str | None = None,
     """
     config = TuiConfig.from_env(workspace_arg, start_engine=True, **settings)
     if open_run is not None:
-        from tui.commands.common import CliError
-
-        try:
-            run = Backend(config.workspace).store.resolve_run(open_run)
-        except KeyError as exc:
-            raise CliError(user_message(exc)) from None
+        run = Backend(config.workspace).store.resolve_run(open_run)  # RunNotFound: the CLI prints it
         config = config.with_(open_run=run.id, open_when_done=open_when_done)
     app = TunebenchApp(config)
     result = app.run()

@@ -61,7 +61,7 @@ class LogChunk:
 
 
 class NvmlProbe:
-    """GPU memory used / total through NVML (nvidia-ml-py): no torch, no CUDA context."""
+    """GPU memory used / total through NVML (engine.hardware): no torch, no CUDA context."""
 
     def __init__(self) -> None:
         self._state: bool | None = None  # None: not tried, False: no NVML here
@@ -72,19 +72,10 @@ class NvmlProbe:
             if self._state is False:
                 return []
             try:
-                import pynvml
+                from engine.hardware import read_gpus  # stdlib only at import: the TUI stays light
 
-                if self._state is None:
-                    pynvml.nvmlInit()
-                    self._state = True
-                gpus = []
-                for index in range(pynvml.nvmlDeviceGetCount()):
-                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                    memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-                    name = pynvml.nvmlDeviceGetName(handle)
-                    if isinstance(name, bytes):
-                        name = name.decode(errors="replace")
-                    gpus.append(GpuInfo(index, str(name), int(memory.used), int(memory.total)))
+                gpus = [GpuInfo(g.index, g.name, g.memory_used, g.memory_total) for g in read_gpus()]
+                self._state = True
                 return gpus
             except Exception:
                 # No driver, no library, a GPU fell off the bus: the header says "CPU" and moves on.
@@ -108,23 +99,6 @@ def engine_probe_for(workspace: Workspace) -> Callable[[], EngineInfo]:
         )
 
     return probe
-
-
-def user_message(exc: BaseException) -> str:
-    """The text a user reads for a failure: the message and the advice, no traceback."""
-    advice = getattr(exc, "advice", None)
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])  # KeyError's str() adds quotes
-    elif isinstance(exc, OSError) and exc.filename:
-        text = f"{exc.strerror or exc}: {exc.filename}"
-    else:
-        # EngineError's str() already appends the advice; take the bare message.
-        text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    # User errors (bad preset, unknown run, missing file, engine advice) read as they are; anything
-    # else names its type so a bug report says what broke.
-    if advice is None and not isinstance(exc, (ValueError, LookupError, OSError)):
-        text = f"{type(exc).__name__}: {text}"
-    return f"{text}\n→ {advice}" if advice else text
 
 
 @dataclass
@@ -231,23 +205,13 @@ class Backend:
         """Put a queued run ahead of every other queued run; returns its new priority."""
         from jobs import control
 
-        setter = getattr(control, "set_priority", None)
         run = self.store.get_run(run_id)
         if run is None:
             raise KeyError(f"no run {run_id!r}")
         if run.state != "queued":
             raise ValueError(f"{run.name} is {run.state}: only a queued run can move up the queue")
         priority = max(r.priority for r in self.store.queued_runs() + [run]) + 1
-        if setter is not None:
-            setter(self.workspace, run_id, priority)
-        else:
-            # The engine takes tasks in Huey's priority order: enqueue the id again at the new
-            # priority. Whichever of its two tasks comes first runs it; the other finds it no longer
-            # queued and skips it (Engine.execute).
-            from jobs.queue import JobQueue
-
-            self.store.update_run(run_id, priority=priority)
-            JobQueue(self.workspace).enqueue(run_id, priority)
+        control.set_priority(self.workspace, run_id, priority)
         return priority
 
     def start_engine(self) -> Any:

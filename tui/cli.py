@@ -60,17 +60,17 @@ def main(argv: list[str] | None = None) -> int:
         from tui.app import run_app
 
         return run_app(args.workspace)
-    from presets import PresetError
-    from tui.commands.common import CliError, console
+    from rich.markup import escape
+
+    from presets import TunebenchError
+    from tui.commands.common import console
+    from tui.format import user_message
 
     try:
         return args.handler(args) or 0
-    except PresetError as exc:
-        console(stderr=True).print(f"[red]error:[/] {exc}")
-        return 2
-    except CliError as exc:
-        console(stderr=True).print(f"[red]error:[/] {exc}")
-        return exc.code
+    except (TunebenchError, OSError) as exc:  # a file the command cannot read or write reads as its path
+        console(stderr=True).print(f"[red]error:[/] {escape(user_message(exc))}")
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         return 130
 

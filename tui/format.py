@@ -110,3 +110,24 @@ def elapsed(run, now: float) -> float | None:
         return None
     end = getattr(run, "finished_at", None) or now
     return max(0.0, end - start)
+
+
+def user_message(exc: BaseException) -> str:
+    """How an error reads, the same in the CLI and the TUI: the message, then the advice after an arrow.
+
+    tunebench's own errors (presets.TunebenchError) carry both; a missing file reads as its path; any
+    other exception is a bug and names its type, so a report says what broke."""
+    from presets.errors import TunebenchError
+
+    advice = None
+    if isinstance(exc, TunebenchError):
+        text, advice = exc.message, exc.advice
+    elif isinstance(exc, OSError) and exc.filename:
+        text = f"{exc.strerror or exc}: {exc.filename}"
+    elif isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])  # KeyError's str() adds quotes
+    elif isinstance(exc, (ValueError, LookupError, OSError)):
+        text = str(exc) or type(exc).__name__  # a value the user typed that does not parse, say
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return f"{text}\n  → {advice}" if advice else text

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+from presets.methods import method_names
+
 Location = tuple[int, int]  # (row, column), 0-based, as TextArea uses them
 
 # The user's presets remember the built-in they were copied from, for the diff.
@@ -26,8 +28,7 @@ class FormField:
     choices: tuple[str, ...] = ()
 
 
-METHODS = ("full", "freeze", "lora", "qlora", "dora", "rslora", "ia3", "adalora",
-           "prompt_tuning", "prefix_tuning", "p_tuning")
+METHODS = method_names()  # presets/methods.py's table
 FORM_FIELDS: tuple[FormField, ...] = (
     FormField(("model", "path"), "model", "str"),
     FormField(("method", "name"), "method", "choice", METHODS),

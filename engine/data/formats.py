@@ -1,5 +1,9 @@
 """Row formats: detection, column / role-tag mapping, and normalisation to one shape.
 
+FORMATS is the table: a format's name → its detector, its normaliser, its columns and, for the
+list-of-turns formats, its turn keys and role tags. Detection and normalisation go through it;
+adding a format is a row there (its name in presets.schema.DATA_FORMATS), its functions and a test.
+
 Every chat format (alpaca, sharegpt, messages) becomes a list of messages with the roles
 system / user / assistant / tool, plus optional tool definitions; the text format becomes a string.
 A row that cannot be used is skipped with a short reason (counted in the report); a mapping that
@@ -10,12 +14,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 from engine.data.loading import RawRows
 from engine.errors import DataError
-from presets.schema import ColumnMap, DataConfig, RoleTags
+from presets.schema import DATA_FORMATS, ColumnMap, DataConfig, RoleTags
 
-FORMATS = ("alpaca", "sharegpt", "messages", "text")
 TURN_COLUMNS = ("conversations", "messages")  # where sharegpt / messages keep their turns by default
 DETECT_ROWS = 5  # auto detection looks at this many leading rows
 _DEFAULT_COLUMNS = ColumnMap()
@@ -55,47 +59,13 @@ def turns_column(raw: RawRows, columns: ColumnMap) -> str | None:
     return next((name for name in TURN_COLUMNS if name in names), None)
 
 
-def detect_format(raw: RawRows, data: DataConfig) -> tuple[str, str]:
-    """(format, how it was decided). Explicit formats are taken as given, after a column check."""
-    if data.format != "auto":
-        check_columns(raw, data.format, data)
-        return data.format, "set in the preset"
-    head = RawRows(raw.source, raw.rows[:DETECT_ROWS], raw.where[:DETECT_ROWS])
-    columns, tags = data.columns, data.tags
+def _first_turn(head: RawRows, columns: ColumnMap) -> tuple[str | None, dict | None]:
+    """(turns column, its first turn object) in the leading rows."""
     turns = turns_column(head, columns)
-    if turns is not None:
-        first_turn = next(
-            (t for row in head.rows if isinstance(row.get(turns), list) for t in row[turns] if isinstance(t, dict)), None
-        )
-        if first_turn is None:
-            first_turn = _first_turn_from_json(head.rows, turns)
-        if first_turn is not None:
-            role_key = tags.role_key
-            if role_key is not None and role_key in first_turn:
-                fmt = "messages" if role_key == "role" else "sharegpt"
-            elif "from" in first_turn and "value" in first_turn:
-                fmt = "sharegpt"
-            elif "role" in first_turn and "content" in first_turn:
-                fmt = "messages"
-            else:
-                fmt = None
-            if fmt is not None:
-                keys = "/".join(k for k in (("from", "value") if fmt == "sharegpt" else ("role", "content")))
-                how = f"detected: column {turns!r} holds turns keyed {keys} (first {len(head.rows)} rows)"
-                check_columns(raw, fmt, data)
-                return fmt, how
-    names = head.columns()
-    if columns.instruction in names and columns.output in names:
-        check_columns(raw, "alpaca", data)
-        return "alpaca", f"detected: columns {columns.instruction!r} and {columns.output!r} (first {len(head.rows)} rows)"
-    if columns.text in names:
-        check_columns(raw, "text", data)
-        return "text", f"detected: column {columns.text!r} (first {len(head.rows)} rows)"
-    raise DataError(
-        f"{raw.source}: cannot tell the data format from its columns {sorted(names)}",
-        "expected alpaca (instruction, output), sharegpt/messages (conversations or messages: a list of turns) or "
-        "text (text); set data.format and map your columns with data.columns.*",
-    )
+    if turns is None:
+        return None, None
+    first = next((t for row in head.rows if isinstance(row.get(turns), list) for t in row[turns] if isinstance(t, dict)), None)
+    return turns, first if first is not None else _first_turn_from_json(head.rows, turns)
 
 
 def _first_turn_from_json(rows: list[dict], turns: str) -> dict | None:
@@ -112,10 +82,61 @@ def _first_turn_from_json(rows: list[dict], turns: str) -> dict | None:
     return None
 
 
+def _detect_turns(name: str) -> Callable[[RawRows, DataConfig], str | None]:
+    def detect(head: RawRows, data: DataConfig) -> str | None:
+        turns, first = _first_turn(head, data.columns)
+        if first is None:
+            return None
+        keys = FORMATS[name].turns
+        named = data.tags.role_key
+        if named is not None and named in first:
+            # A role key the preset names decides: the format whose own key it is, else _RENAMED_TAGS.
+            owner = next((n for n, f in FORMATS.items() if f.turns and f.turns.role_key == named), _RENAMED_TAGS)
+            if owner != name:
+                return None
+        elif not (keys.role_key in first and keys.content_key in first):
+            return None
+        return f"detected: column {turns!r} holds turns keyed {keys.role_key}/{keys.content_key} (first {len(head.rows)} rows)"
+
+    return detect
+
+
+def _detect_columns(name: str) -> Callable[[RawRows, DataConfig], str | None]:
+    def detect(head: RawRows, data: DataConfig) -> str | None:
+        wanted = [getattr(data.columns, key) for key in FORMATS[name].required]
+        if not all(column in head.columns() for column in wanted):
+            return None
+        listed = " and ".join(repr(column) for column in wanted)
+        return f"detected: column{'s' if len(wanted) > 1 else ''} {listed} (first {len(head.rows)} rows)"
+
+    return detect
+
+
+def detect_format(raw: RawRows, data: DataConfig) -> tuple[str, str]:
+    """(format, how it was decided). Explicit formats are taken as given, after a column check."""
+    if data.format != "auto":
+        check_columns(raw, data.format, data)
+        return data.format, "set in the preset"
+    head = RawRows(raw.source, raw.rows[:DETECT_ROWS], raw.where[:DETECT_ROWS])
+    for name, row_format in FORMATS.items():
+        how = row_format.detect(head, data)
+        if how is not None:
+            check_columns(raw, name, data)
+            return name, how
+    raise DataError(
+        f"{raw.source}: cannot tell the data format from its columns {sorted(head.columns())}",
+        "expected alpaca (instruction, output), sharegpt/messages (conversations or messages: a list of turns) or "
+        "text (text); set data.format and map your columns with data.columns.*",
+    )
+
+
 def check_columns(raw: RawRows, fmt: str, data: DataConfig) -> None:
     """Required columns must exist; optional ones only when the preset renamed them."""
     names = raw.columns()
     columns = data.columns
+    row_format = FORMATS.get(fmt)
+    if row_format is None:
+        raise DataError(f"unknown data format {fmt!r}", f"use one of {', '.join(DATA_FORMATS)} or auto")
 
     def missing(column: str, key: str, why: str) -> DataError:
         return DataError(
@@ -123,27 +144,17 @@ def check_columns(raw: RawRows, fmt: str, data: DataConfig) -> None:
             f"set data.columns.{key} to the column that holds it, or data.format to the right format",
         )
 
-    if fmt == "alpaca":
-        for key in ("instruction", "output"):
-            if getattr(columns, key) not in names:
-                raise missing(getattr(columns, key), key, f"the alpaca {key}")
-        optional = ("input", "system", "history")
-    elif fmt in ("sharegpt", "messages"):
-        if turns_column(raw, columns) is None:
-            if columns.conversations:
-                raise missing(columns.conversations, "conversations", f"the {fmt} turns")
-            raise DataError(
-                f"{raw.source}: no 'conversations' or 'messages' column for the {fmt} format; its columns are {sorted(names)}",
-                "set data.columns.conversations to the column that holds the list of turns",
-            )
-        optional = ("system", "tools")
-    elif fmt == "text":
-        if columns.text not in names:
-            raise missing(columns.text, "text", "the raw text")
-        optional = ()
-    else:
-        raise DataError(f"unknown data format {fmt!r}", f"use one of {', '.join(FORMATS)} or auto")
-    for key in optional:
+    for key, why in row_format.required.items():
+        if getattr(columns, key) not in names:
+            raise missing(getattr(columns, key), key, why)
+    if row_format.turns is not None and turns_column(raw, columns) is None:
+        if columns.conversations:
+            raise missing(columns.conversations, "conversations", f"the {fmt} turns")
+        raise DataError(
+            f"{raw.source}: no 'conversations' or 'messages' column for the {fmt} format; its columns are {sorted(names)}",
+            "set data.columns.conversations to the column that holds the list of turns",
+        )
+    for key in row_format.optional:
         if getattr(columns, key) != getattr(_DEFAULT_COLUMNS, key) and getattr(columns, key) not in names:
             raise missing(getattr(columns, key), key, "mapped in the preset")
 
@@ -153,15 +164,15 @@ def check_columns(raw: RawRows, fmt: str, data: DataConfig) -> None:
 
 def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], dict[str, int]]:
     """Usable samples in file order, and the count of skipped rows by reason."""
-    convert = {"alpaca": _alpaca, "sharegpt": _turns, "messages": _turns, "text": _text}[fmt]
+    row_format = FORMATS[fmt]
     samples: list[Sample] = []
     skipped: dict[str, int] = {}
-    turns = turns_column(raw, data.columns) if fmt in ("sharegpt", "messages") else None
+    turns = turns_column(raw, data.columns) if row_format.turns is not None else None
     roles = _role_map(data.tags)
     for row, where in zip(raw.rows, raw.where):
         try:
-            sample = convert(row, where, data, fmt=fmt, turns=turns, roles=roles)
-            if fmt != "text":
+            sample = row_format.normalise(row, where, data, fmt=fmt, turns=turns, roles=roles)
+            if row_format.chat:
                 _finish_conversation(sample, row, data)
         except RowSkip as skip:
             skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
@@ -226,11 +237,10 @@ def _alpaca(row: dict, where: str, data: DataConfig, **_) -> Sample:
 
 def _role_map(tags: RoleTags) -> dict[str, str]:
     """Role value in the data → role (system/user/assistant/tool) or "function_call"."""
-    roles = {
-        # Standard names of both formats, so a sharegpt file written with user/assistant still loads.
-        "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
-        "tool": "tool", "function": "tool", "observation": "tool", "function_call": "function_call",
-    }
+    roles = {"system": "system", "tool": "tool", "function": "tool", "observation": "tool", "function_call": "function_call"}
+    for keys in _TURN_KEYS:
+        # Standard names of every turn format, so a sharegpt file written with user/assistant still loads.
+        roles.update({keys.user: "user", keys.assistant: "assistant"})
     roles.update({tags.system: "system", tags.function_call: "function_call", tags.observation: "tool"})
     if tags.user:
         roles[tags.user] = "user"
@@ -262,8 +272,9 @@ def _tool_calls(value) -> list[dict] | None:
 
 def _turns(row: dict, where: str, data: DataConfig, *, fmt: str, turns: str, roles: dict, **_) -> Sample:
     tags = data.tags
-    role_key = tags.role_key or ("from" if fmt == "sharegpt" else "role")
-    content_key = tags.content_key or ("value" if fmt == "sharegpt" else "content")
+    keys = FORMATS[fmt].turns
+    role_key = tags.role_key or keys.role_key
+    content_key = tags.content_key or keys.content_key
     value = _maybe_json(row.get(turns), turns)
     if not isinstance(value, list) or not value:
         raise RowSkip(f"{turns} is not a list of turns")
@@ -273,9 +284,9 @@ def _turns(row: dict, where: str, data: DataConfig, *, fmt: str, turns: str, rol
             raise RowSkip("a turn is not an object")
         # A messages file may still use from/value and vice versa: fall back to the other pair.
         if role_key not in turn:
-            alt = "role" if role_key == "from" else "from"
-            if tags.role_key is None and alt in turn:
-                role_key, content_key = alt, ("content" if alt == "role" else "value")
+            alt = next(other for other in _TURN_KEYS if other.role_key != role_key)
+            if tags.role_key is None and alt.role_key in turn:
+                role_key, content_key = alt.role_key, alt.content_key
             else:
                 raise RowSkip(f"a turn has no {role_key!r} key")
         tag = turn.get(role_key)
@@ -346,3 +357,41 @@ def _finish_conversation(sample: Sample, row: dict, data: DataConfig) -> None:
         raise RowSkip("no assistant turn")
     if not any(m["role"] == "assistant" and (m["content"].strip() or m.get("tool_calls")) for m in messages):
         raise RowSkip("empty answer")
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class TurnKeys:
+    """How a list-of-turns format writes a turn by default (data.tags.* rename them)."""
+
+    role_key: str
+    content_key: str
+    user: str
+    assistant: str
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    detect: Callable[[RawRows, DataConfig], str | None]  # how the leading rows show this format, or None
+    normalise: Callable[..., Sample]  # one row -> a Sample; RowSkip when it cannot be used
+    required: dict[str, str] = field(default_factory=dict)  # data.columns keys that must name a column -> what it holds
+    optional: tuple[str, ...] = ()  # data.columns keys checked only when the preset renamed them
+    turns: TurnKeys | None = None  # a list-of-turns format: its keys and role values
+    chat: bool = True  # a conversation (system prompt, trailing turns checked), not a plain text
+
+
+# In detection order: a file with a turns column is a turn format even when it has other columns.
+FORMATS: dict[str, RowFormat] = {
+    "sharegpt": RowFormat(_detect_turns("sharegpt"), _turns, optional=("system", "tools"),
+                          turns=TurnKeys("from", "value", "human", "gpt")),
+    "messages": RowFormat(_detect_turns("messages"), _turns, optional=("system", "tools"),
+                          turns=TurnKeys("role", "content", "user", "assistant")),
+    "alpaca": RowFormat(_detect_columns("alpaca"), _alpaca,
+                        required={"instruction": "the alpaca instruction", "output": "the alpaca output"},
+                        optional=("input", "system", "history")),
+    "text": RowFormat(_detect_columns("text"), _text, required={"text": "the raw text"}, chat=False),
+}
+_TURN_KEYS = tuple(f.turns for f in FORMATS.values() if f.turns is not None)
+_RENAMED_TAGS = "sharegpt"  # a role key no format owns is sharegpt's: its tags are the ones datasets rename

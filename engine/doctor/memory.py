@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.distributed.world import memory_shards
+from presets.methods import METHODS, MemoryModel
+
 GiB = 1024**3
 MiB = 1024**2
 CUDA_CONTEXT_BYTES = 500 * MiB  # CUDA context + cuBLAS/cuDNN workspaces, outside torch's allocator
@@ -222,65 +225,90 @@ def _precision(preset, device: str) -> str:
     return "bf16" if device == "cuda" else "fp32"  # engine.models.resolve_precision (fp16 costs the same)
 
 
+def _memory(preset) -> MemoryModel:
+    return METHODS[preset.method.name].memory
+
+
 def _weights_dtype(preset, precision: str) -> str:
     # engine.models.weights_dtype: explicit dtype wins; full/freeze train fp32 master weights.
     dtype = preset.model.dtype
     if dtype != "auto":
         return dtype
-    return "fp32" if preset.method.name in ("full", "freeze") else precision
+    return "fp32" if METHODS[preset.method.name].trains_base_weights else precision
 
 
 def _trainable_layers(preset, shape: ModelShape) -> int:
-    method = preset.method
-    if method.name == "full":
+    freeze = preset.method.freeze
+    # Full training and adapters reach every layer; freeze's named parts may be anywhere: assume every layer holds some.
+    if _memory(preset).kind != "freeze" or freeze.trainable_modules:
         return shape.layers
-    if method.name == "freeze":
-        if method.freeze.trainable_modules:
-            return shape.layers  # named parts may be anywhere: assume every layer holds some
-        return min(method.freeze.trainable_layers, shape.layers)
-    return shape.layers
+    return min(freeze.trainable_layers, shape.layers)
+
+
+def _lora_rank(preset) -> int:
+    section, field_name = _memory(preset).rank_field.split(".")
+    return getattr(getattr(preset.method, section), field_name)
+
+
+def _lora_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    method = preset.method
+    rank = _lora_rank(preset)
+    targets = _target_linears(shape, method.lora.target_modules)
+    params = shape.layers * sum(t.count * rank * (t.in_features + t.out_features) for t in targets)
+    if memory.magnitude_vectors:
+        params += shape.layers * sum(t.count * t.out_features for t in targets)  # DoRA's magnitude vectors
+    if memory.singular_values:
+        params += shape.layers * sum(t.count * rank for t in targets)  # AdaLoRA's singular values E
+    saved = method.lora.modules_to_save
+    if any(m in ("embed_tokens", "wte") for m in saved):
+        params += shape.embedding_params
+    if any(m in ("lm_head",) for m in saved):
+        params += shape.vocab * shape.hidden
+    return params, targets, dict(rank=rank, targets=sorted({t.name for t in targets}))
+
+
+def _ia3_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    targets = _target_linears(shape, preset.method.ia3.target_modules)
+    params = shape.layers * sum(t.count * (t.in_features if t.feedforward else t.out_features) for t in targets)
+    return params, targets, dict(targets=sorted({t.name for t in targets}))
+
+
+def _prompt_tuning_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    tokens = preset.method.prompt.num_virtual_tokens
+    return tokens * shape.hidden, [], dict(virtual_tokens=tokens)
+
+
+def _prefix_tuning_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    prompt = preset.method.prompt
+    tokens = prompt.num_virtual_tokens
+    params = tokens * 2 * shape.layers * shape.kv_dim
+    if prompt.prefix_projection:
+        enc = prompt.encoder_hidden_size
+        params += tokens * shape.hidden + shape.hidden * enc + enc * 2 * shape.layers * shape.kv_dim
+    return params, [], dict(virtual_tokens=tokens)
+
+
+def _p_tuning_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    tokens, enc = preset.method.prompt.num_virtual_tokens, preset.method.prompt.encoder_hidden_size
+    params = tokens * shape.hidden + shape.hidden * enc + enc * enc + enc * shape.hidden
+    return params, [], dict(virtual_tokens=tokens)
+
+
+def _no_adapter(preset, shape: ModelShape, memory: MemoryModel) -> tuple[int, list[Linear], dict]:
+    return 0, [], {}
+
+
+# Trainable adapter parameters, the adapted linears, and notes, by the method's memory kind (presets.methods).
+_ADAPTERS = {
+    "full": _no_adapter, "freeze": _no_adapter, "lora": _lora_adapter, "ia3": _ia3_adapter,
+    "prompt_tuning": _prompt_tuning_adapter, "prefix_tuning": _prefix_tuning_adapter, "p_tuning": _p_tuning_adapter,
+}
 
 
 def _adapter(preset, shape: ModelShape) -> tuple[int, list[Linear], dict]:
     """Trainable adapter parameters, the adapted linears, and notes."""
-    method = preset.method
-    name = method.name
-    notes: dict[str, Any] = {}
-    if name in ("lora", "qlora", "dora", "rslora", "adalora"):
-        rank = method.adalora.init_r if name == "adalora" else method.lora.r
-        targets = _target_linears(shape, method.lora.target_modules)
-        params = shape.layers * sum(t.count * rank * (t.in_features + t.out_features) for t in targets)
-        if name == "dora":
-            params += shape.layers * sum(t.count * t.out_features for t in targets)  # magnitude vectors
-        if name == "adalora":
-            params += shape.layers * sum(t.count * rank for t in targets)  # the singular values E
-        saved = method.lora.modules_to_save
-        if any(m in ("embed_tokens", "wte") for m in saved):
-            params += shape.embedding_params
-        if any(m in ("lm_head",) for m in saved):
-            params += shape.vocab * shape.hidden
-        notes.update(rank=rank, targets=sorted({t.name for t in targets}))
-        return params, targets, notes
-    if name == "ia3":
-        targets = _target_linears(shape, method.ia3.target_modules)
-        params = shape.layers * sum(t.count * (t.in_features if t.feedforward else t.out_features) for t in targets)
-        notes.update(targets=sorted({t.name for t in targets}))
-        return params, targets, notes
-    if name in ("prompt_tuning", "prefix_tuning", "p_tuning"):
-        tokens = method.prompt.num_virtual_tokens
-        if name == "prompt_tuning":
-            params = tokens * shape.hidden
-        elif name == "prefix_tuning":
-            params = tokens * 2 * shape.layers * shape.kv_dim
-            if method.prompt.prefix_projection:
-                enc = method.prompt.encoder_hidden_size
-                params += tokens * shape.hidden + shape.hidden * enc + enc * 2 * shape.layers * shape.kv_dim
-        else:
-            enc = method.prompt.encoder_hidden_size
-            params = tokens * shape.hidden + shape.hidden * enc + enc * enc + enc * shape.hidden
-        notes.update(virtual_tokens=tokens)
-        return params, [], notes
-    return 0, [], notes
+    memory = _memory(preset)
+    return _ADAPTERS[memory.kind](preset, shape, memory)
 
 
 @dataclass(frozen=True)
@@ -382,14 +410,14 @@ def estimate_memory(
     precision = _precision(preset, device)
     weights_dtype = _weights_dtype(preset, precision)
     w = DTYPE_BYTES[weights_dtype]
+    memory = _memory(preset)
     seq = int(seq_len or preset.data.max_length)
-    if method.name == "prompt_tuning" or method.name == "p_tuning":
+    if memory.virtual_tokens_in_sequence:
         seq += method.prompt.num_virtual_tokens
     batch = training.batch_size
     tokens = batch * seq
-    name = method.name
-    full = name == "full"
-    freeze = name == "freeze"
+    full = memory.kind == "full"
+    freeze = memory.kind == "freeze"
 
     # --- weights: linears of the decoder layers may be quantized; the rest never is.
     linear_params = shape.layers * shape.layer_linear_params
@@ -423,8 +451,6 @@ def estimate_memory(
     optimizer = _optimizer_bytes(training.optimizer, trainable, trainable_bytes, adapted, shape, preset)
 
     # --- the distributed strategy's share per GPU (DDP: all of it; ZeRO / FSDP: a 1/N shard; offload: none)
-    from engine.distributed import memory_shards
-
     shards = memory_shards(preset)
     weights = 0 if shards.weights_on_cpu else weights / shards.weights
     adapter_bytes = 0 if shards.weights_on_cpu else adapter_bytes / shards.weights
@@ -434,12 +460,12 @@ def estimate_memory(
     # --- activations
     if full or freeze:
         trained = {linear.name for linear in shape.linears}
-    elif name == "ia3":
+    elif memory.kind == "ia3":
         # IA3 rescales the feed-forward modules' inputs (kept) and the other modules' outputs (kept below).
         trained = {linear.name for linear in adapted if linear.feedforward}
     else:
         trained = {linear.name for linear in adapted}
-    lora_family = name in ("lora", "qlora", "dora", "rslora", "adalora")
+    lora_family = memory.kind == "lora"
     # Batches are padded to their longest sample (a mask) unless a single sample fills the batch.
     padded = batch > 1 or preset.data.packing
     dtypes = _dtypes(precision=precision, weights=w, quantized=quant.mode != "none",
@@ -448,8 +474,8 @@ def estimate_memory(
         shape, dtypes, trained=trained, norms_trained=full or freeze, padded=padded,
         lora_rank=adapter_notes.get("rank", 0) if lora_family else 0,
         lora_dropout=method.lora.dropout if lora_family else 0.0,
-        dora=name == "dora", ia3=name == "ia3",
-        ia3_outputs=frozenset(linear.name for linear in adapted if not linear.feedforward) if name == "ia3" else frozenset(),
+        dora=memory.magnitude_vectors, ia3=memory.kind == "ia3",
+        ia3_outputs=frozenset(linear.name for linear in adapted if not linear.feedforward) if memory.kind == "ia3" else frozenset(),
     )
     # With freeze, layers below the first trained one need no gradient and keep nothing.
     grad_layers = shape.layers if not freeze or method.freeze.trainable_modules or method.freeze.train_embeddings else trained_layers
@@ -533,18 +559,18 @@ def _optimizer_bytes(optimizer: str, trainable: int, trainable_bytes: int, adapt
 
 def _trainable_matrices(preset, shape: ModelShape, adapted: list[Linear]) -> list[tuple[int, int]]:
     """(rows, cols) of each trainable matrix; vectors as (n, 1)."""
-    name = preset.method.name
-    if name in ("full", "freeze"):
-        layers = shape.layers if name == "full" else _trainable_layers(preset, shape)
+    kind = _memory(preset).kind
+    if kind in ("full", "freeze"):
+        layers = _trainable_layers(preset, shape)
         mats = [(l.out_features, l.in_features) for l in shape.linears for _ in range(l.count)] * layers
         mats += [(shape.hidden, 1)] * (2 * layers)
-        if name == "full" or preset.method.freeze.train_embeddings:
+        if kind == "full" or preset.method.freeze.train_embeddings:
             mats.append((shape.vocab, shape.hidden))
             if not shape.tied_embeddings:
                 mats.append((shape.vocab, shape.hidden))
         return mats
-    if name in ("lora", "qlora", "dora", "rslora", "adalora"):
-        rank = preset.method.adalora.init_r if name == "adalora" else preset.method.lora.r
+    if kind == "lora":
+        rank = _lora_rank(preset)
         mats = []
         for l in adapted:
             mats += [(rank, l.in_features), (l.out_features, rank)] * (l.count * shape.layers)
@@ -604,10 +630,13 @@ def suggestions(preset, model_config: dict, estimate: MemoryEstimate, *, seq_len
         candidates.append(("halve max_length", {"data.max_length": length // 2}))
     if not training.gradient_checkpointing:
         candidates.append(("gradient checkpointing", {"training.gradient_checkpointing": True}))
-    if preset.method.name in ("lora", "dora", "rslora") and preset.model.quantization.mode == "none":
-        candidates.append(("QLoRA (4-bit base)", {"method.name": "qlora", "model.quantization.mode": "4bit"}))
-    if preset.method.name == "full":
-        candidates.append(("LoRA instead of full fine-tuning", {"method.name": "lora"}))
+    method = METHODS[preset.method.name]
+    lighter = METHODS.get(method.lighter or "")
+    if lighter is not None and lighter.quantization == "required":
+        if preset.model.quantization.mode == "none":
+            candidates.append((f"{lighter.label} (4-bit base)", {"method.name": lighter.name, "model.quantization.mode": "4bit"}))
+    elif lighter is not None:
+        candidates.append((f"{lighter.label} instead of {method.label}", {"method.name": lighter.name}))
     if training.optimizer in ("adamw", "paged_adamw_32bit"):
         candidates.append(("8-bit AdamW", {"training.optimizer": "adamw_8bit"}))
     out: list[Suggestion] = []
@@ -643,7 +672,7 @@ def _scaled_seq(seq_len: int | None, changes: dict, max_length: int) -> int | No
     return seq_len
 
 
-# --------------------------------------------------------------------------- inputs: config and GPU
+# --------------------------------------------------------------------------- inputs: the model config
 
 
 def load_model_config(model_path: str, *, revision: str | None = None) -> dict:
@@ -673,22 +702,6 @@ def load_model_config(model_path: str, *, revision: str | None = None) -> dict:
     except Exception as exc:
         raise FileNotFoundError(f"{model_path}: cannot fetch config.json from the hub ({type(exc).__name__}: {exc})") from None
     return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def gpu_memory(index: int = 0) -> tuple[int, int] | None:
-    """(free, total) bytes of GPU `index` from NVML, or None without a GPU or nvidia-ml-py."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            info = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            return int(info.free), int(info.total)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # no driver, no library, no such GPU
-        return None
 
 
 # --------------------------------------------------------------------------- measured peak

@@ -6,21 +6,15 @@
     tunebench chat --base PATH --adapter PATH --prompt TEXT
 
 Transcripts and probe results of a run are saved in the workspace: the store (transcripts table)
-and runs/<id>/chat/. `chat_target` and `save_chat_record` are what the chat screen uses too.
+and runs/<id>/chat/ (jobs/chats.py, which the chat screen uses too).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from tui.commands.common import CliError, confirm, console, workspace
-
-CHAT_DIR = "chat"
 
 
 def register(subparsers) -> None:
@@ -58,142 +52,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=_chat)
 
 
-# --------------------------------------------------------------------------- resolving what to compare
-
-
-@dataclass
-class ChatTarget:
-    """Everything ChatSession.load needs, resolved from a run (or from --base/--adapter)."""
-
-    base: str
-    target: str | None
-    compare_to: str | None = None
-    run_id: str | None = None
-    checkpoint: int | None = None
-    model_config: object = None  # presets ModelConfig of the run
-    data_config: object = None  # presets DataConfig of the run (validation split for probes)
-    chat_template: str | None = None
-    system_prompt: str | None = None
-    labels: tuple[str, str] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        left = self.labels[0] if self.labels else "base"
-        right = self.labels[1] if self.labels else "fine-tuned"
-        where = f"run {self.run_id}" if self.run_id else self.base
-        return f"{left} vs {right} ({where})"
-
-
-def chat_target(ws, run_ref: str, *, checkpoint: int | None = None, compare: str | int | None = None) -> ChatTarget:
-    """Resolve a run (id, prefix or name) into its base model, the result to compare and its chat
-    settings (jobs.targets does the run → paths part). `checkpoint`: a step instead of the final
-    result; `compare`: a step for the left side (two checkpoints of one run) instead of the base.
-    A run with no final result yet (still training) falls back to its latest checkpoint."""
-    from jobs.store import open_store
-    from jobs.targets import TargetError, checkpoint_dirs, run_target
-
-    store = open_store(ws)
-    notes = []
-    try:
-        try:
-            right = run_target(store, ws, run_ref, checkpoint)
-        except TargetError:
-            if checkpoint is not None:
-                raise
-            run = store.resolve_run(run_ref)
-            steps = checkpoint_dirs(store, ws, run.id)
-            if not steps:
-                raise TargetError(f"run {run.id} ({run.state}) has no final result and no checkpoint yet; wait for its first checkpoint") from None
-            right = run_target(store, ws, run.id, max(steps))
-            notes.append(f"run {run.id} has no final result ({run.state}): using its latest checkpoint, step {right.checkpoint}")
-        left = None
-        if compare not in (None, "base", ""):
-            try:
-                step = int(compare)
-            except (TypeError, ValueError):
-                raise TargetError(f"--compare {compare!r}: give base or a checkpoint step") from None
-            left = run_target(store, ws, right.run.id, step)
-    except (TargetError, KeyError) as exc:
-        raise CliError(str(exc).strip('"')) from None
-    if right.run.kind != "train":
-        raise CliError(f"run {right.run.id} is a {right.run.kind} run; chat compares the result of a train run")
-    label = lambda target: "fine-tuned" if target.checkpoint is None else f"checkpoint-{target.checkpoint}"  # noqa: E731
-    preset = right.train_preset
-    return ChatTarget(
-        base=preset.model.path, target=str(right.weights_dir), compare_to=str(left.weights_dir) if left else None,
-        run_id=right.run.id, checkpoint=right.checkpoint, model_config=preset.model, data_config=preset.data,
-        chat_template=preset.data.chat_template, system_prompt=preset.data.system_prompt,
-        labels=(label(left) if left else "base", label(right)), notes=notes,
-    )
-
-
-def path_target(base: str | None, adapter: str | None) -> ChatTarget:
-    """--base/--adapter without a run: the adapter's recorded base when --base is left out."""
-    from engine.artifacts import adapter_base_model
-
-    if adapter and not Path(adapter).is_dir():
-        raise CliError(f"--adapter {adapter}: no such folder")
-    if base is None and adapter:
-        base = adapter_base_model(adapter)
-        if not base:
-            raise CliError(f"--adapter {adapter} records no base model: pass --base PATH")
-    if base is None:
-        raise CliError("say what to compare: --run RUN, or --base PATH [--adapter PATH]")
-    return ChatTarget(base=base, target=adapter)
-
-
-def first_question(data_config) -> str | None:
-    """The first user turn among a run's local training rows (validation rows left out: the model
-    never saw their answers), which the chat screen and the demo ask first; None for hub data or
-    when it cannot be read: a suggestion is not worth an error."""
-    if data_config is None or not data_config.train_files or not Path(data_config.train_files[0]).is_file():
-        return None
-    from engine.data import training_samples
-    from engine.errors import EngineError
-
-    try:
-        samples = training_samples(data_config)
-    except EngineError:
-        return None
-    for sample in samples:
-        question = next((m["content"] for m in sample.messages if m["role"] == "user" and m.get("content")), None)
-        if question:
-            return question
-    return None
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def save_chat_record(ws, run_id: str | None, kind: str, payload: dict, *, probe=None) -> list[Path]:
-    """Save a chat transcript or probe result: a store row tied to the run, and files under
-    runs/<id>/chat/ (JSON; a probe also as JSONL and Markdown). Returns the files written."""
-    from jobs.store import open_store
-
-    open_store(ws).add_transcript(run_id, kind, payload)
-    if run_id is None:
-        return []
-    folder = ws.run_dir(run_id) / CHAT_DIR
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    stem = folder / f"{kind}-{stamp}"
-    n = 1
-    while stem.with_suffix(".json").exists():
-        n += 1
-        stem = folder / f"{kind}-{stamp}-{n}"
-    folder.mkdir(parents=True, exist_ok=True)
-    written = [_write_json(stem.with_suffix(".json"), payload)]
-    if probe is not None:
-        written += [probe.to_jsonl(stem.with_suffix(".jsonl")), probe.to_markdown(stem.with_suffix(".md"))]
-    return written
-
-
-def _write_json(path: Path, payload: dict) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 # --------------------------------------------------------------------------- the verb
 
 
@@ -210,25 +68,8 @@ def settings_from_args(args: argparse.Namespace):
     return settings
 
 
-def probe_examples(target: ChatTarget, tokenizer, *, count: int | None, prompts_file: str | None) -> tuple[list, str]:
-    """The probe set: prompts from a file, else the run's validation split. Returns (examples, source)."""
-    if prompts_file:
-        from engine.chat import load_prompt_file
-
-        return load_prompt_file(prompts_file, count), Path(prompts_file).name
-    if target.data_config is None:
-        raise CliError("--probe without --run needs --prompts FILE (there is no validation split to draw from)")
-    from engine.data import build_datasets
-
-    bundle = build_datasets(target.data_config, tokenizer)
-    if not bundle.eval_examples:
-        raise CliError(f"run {target.run_id} has no validation split (data.val_ratio is 0 and no data.val_files): "
-                       "use --prompts FILE")
-    return bundle.eval_examples[:count] if count else bundle.eval_examples, "validation split"
-
-
 def _chat(args: argparse.Namespace) -> int:
-    from engine.errors import EngineError
+    from jobs.targets import chat_target, path_target
 
     ws = workspace(args)
     if args.run and (args.base or args.adapter):
@@ -238,24 +79,21 @@ def _chat(args: argparse.Namespace) -> int:
     if not args.prompt and args.probe is None and not args.prompts:
         raise CliError("nothing to ask: pass --prompt TEXT, --probe N or --prompts FILE")
     settings = settings_from_args(args)
-    target = chat_target(ws, args.run, checkpoint=args.checkpoint, compare=args.compare) if args.run else path_target(args.base, args.adapter)
     out = console(stderr=args.json)
+    target = chat_target(ws, args.run, checkpoint=args.checkpoint, compare=args.compare) if args.run else path_target(args.base, args.adapter)
     for note in target.notes:
         out.print(f"[yellow]note:[/] {note}")
-    try:
-        session = _load(target, args, out)
-        system = args.system if args.system is not None else target.system_prompt
-        session.system_prompt = system or None
-        if args.probe is not None or args.prompts:
-            _run_probe(ws, session, target, settings, args, out)
-        if args.prompt:
-            _run_prompts(ws, session, target, settings, args, out)
-    except EngineError as exc:
-        raise CliError(str(exc)) from None
+    session = _load(target, args, out)
+    system = args.system if args.system is not None else target.system_prompt
+    session.system_prompt = system or None
+    if args.probe is not None or args.prompts:
+        _run_probe(ws, session, target, settings, args, out)
+    if args.prompt:
+        _run_prompts(ws, session, target, settings, args, out)
     return 0
 
 
-def _load(target: ChatTarget, args, out):
+def _load(target, args, out):
     from engine.chat import ChatSession
 
     plan = ChatSession.plan_load(target.base, target.target, compare_to=target.compare_to,
@@ -271,8 +109,10 @@ def _load(target: ChatTarget, args, out):
                             labels=target.labels, allow_second_model=allowed)
 
 
-def _run_prompts(ws, session, target: ChatTarget, settings, args, out) -> None:
+def _run_prompts(ws, session, target, settings, args, out) -> None:
     from rich.panel import Panel
+
+    from jobs.chats import save_chat_record
 
     records = []
     for prompt in args.prompt:
@@ -292,8 +132,9 @@ def _run_prompts(ws, session, target: ChatTarget, settings, args, out) -> None:
             out.print(f"[dim]saved {files[0]}[/]")
 
 
-def _run_probe(ws, session, target: ChatTarget, settings, args, out) -> None:
+def _run_probe(ws, session, target, settings, args, out) -> None:
     from engine.chat import run_probe
+    from jobs.chats import probe_examples, save_chat_record
 
     examples, source = probe_examples(target, session.tokenizer, count=args.probe, prompts_file=args.prompts)
     if not examples:

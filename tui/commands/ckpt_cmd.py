@@ -14,7 +14,6 @@ Nothing here imports torch (export of an adapter saved without its tokenizer loa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
@@ -70,27 +69,11 @@ def _add_queue_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="wait for the job to end and print its outcome")
 
 
-@contextlib.contextmanager
-def _user_errors():
-    from jobs.checkpoints import CheckpointError
-    from jobs.control import ControlError
-    from jobs.store import RunNotFound, StoreError
-    from jobs.targets import TargetError
-
-    try:
-        yield
-    except (CheckpointError, ControlError, RunNotFound, StoreError, TargetError) as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"{exc.filename or ''}: {exc.strerror or exc}") from None
-
-
 def _context(args):
     from jobs.store import open_store
 
     ws = workspace(args)
-    with _user_errors():
-        return ws, open_store(ws)
+    return ws, open_store(ws)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -122,32 +105,31 @@ def _checkpoints(args: argparse.Namespace) -> int:
 
     ws, store = _context(args)
     out = console()
-    with _user_errors():
-        run = store.resolve_run(args.run)
-        if args.repair:
-            done = ckpt.repair_checkpoints(store, ws, [run.id])
-            out.print("\n".join(done) if done else "nothing to repair: records and folders agree")
-            return 0
-        if args.keep is not None or args.unkeep is not None:
-            step = args.keep if args.keep is not None else args.unkeep
-            info = ckpt.set_keep(store, ws, run.id, step, args.keep is not None)
-            out.print(f"checkpoint {step} of {run.id}: {'kept' if info.keep else 'no longer kept'}")
-            return 0
-        if args.delete is not None:
-            info = ckpt.find_checkpoint(store, ws, run.id, args.delete)
-            if not confirm(f"delete checkpoint {info.step} of {run.id} ({info.path})?", args.yes):
-                out.print("not deleted")
-                return 1
-            if info.protected and not confirm(
-                f"checkpoint {info.step} is {' and '.join(w for w, on in (('the best', info.best), ('kept', info.keep)) if on)}; really delete it?",
-                args.yes,
-            ):
-                out.print("not deleted")
-                return 1
-            ckpt.delete_checkpoint(store, ws, run.id, info.step)
-            out.print(f"deleted checkpoint {info.step} of {run.id}")
-            return 0
-        infos = ckpt.list_checkpoints(store, ws, run.id)
+    run = store.resolve_run(args.run)
+    if args.repair:
+        done = ckpt.repair_checkpoints(store, ws, [run.id])
+        out.print("\n".join(done) if done else "nothing to repair: records and folders agree")
+        return 0
+    if args.keep is not None or args.unkeep is not None:
+        step = args.keep if args.keep is not None else args.unkeep
+        info = ckpt.set_keep(store, ws, run.id, step, args.keep is not None)
+        out.print(f"checkpoint {step} of {run.id}: {'kept' if info.keep else 'no longer kept'}")
+        return 0
+    if args.delete is not None:
+        info = ckpt.find_checkpoint(store, ws, run.id, args.delete)
+        if not confirm(f"delete checkpoint {info.step} of {run.id} ({info.path})?", args.yes):
+            out.print("not deleted")
+            return 1
+        if info.protected and not confirm(
+            f"checkpoint {info.step} is {' and '.join(w for w, on in (('the best', info.best), ('kept', info.keep)) if on)}; really delete it?",
+            args.yes,
+        ):
+            out.print("not deleted")
+            return 1
+        ckpt.delete_checkpoint(store, ws, run.id, info.step)
+        out.print(f"deleted checkpoint {info.step} of {run.id}")
+        return 0
+    infos = ckpt.list_checkpoints(store, ws, run.id)
     if not infos:
         out.print(f"run {run.id} ({run.name}, {run.state}) has no checkpoints")
         return 0
@@ -195,8 +177,7 @@ def _queue(args, preset) -> int:
     from jobs import control
 
     ws = workspace(args)
-    with _user_errors():
-        run = control.submit(ws, preset, name=args.name, priority=args.priority, start=not args.no_engine)
+    run = control.submit(ws, preset, name=args.name, priority=args.priority, start=not args.no_engine)
     out = console()
     out.print(f"queued {run.kind} run [bold]{run.id}[/] ({run.name})")
     if not args.wait:
@@ -218,7 +199,7 @@ def _wait(args, run_id: str) -> int:
     if run is None:
         raise CliError(f"run {run_id} was removed while waiting")
     if run.state != "completed":
-        raise CliError(f"run {run.id} ended {run.state}" + (f": {run.error}" if run.error else "") + (f"\n  → {run.advice}" if run.advice else ""))
+        raise CliError(f"run {run.id} ended {run.state}" + (f": {run.error}" if run.error else ""), run.advice)
     out_dir = run.info.get("out_dir")
     if run.kind == "eval" and out_dir and (Path(out_dir) / "results.md").is_file():
         out.print((Path(out_dir) / "results.md").read_text(encoding="utf-8"), markup=False)
@@ -238,11 +219,10 @@ def _eval(args: argparse.Namespace) -> int:
         if flags:
             raise CliError(f"{', '.join(flags)} apply to `tunebench eval RUN`; in a preset, set the fields (or --set)")
         return _queue(args, preset)
-    with _user_errors():
-        preset = targets.eval_preset_for_run(
-            store, ws, run.id, checkpoint=args.checkpoint, samples=args.samples, data_file=args.data,
-            max_new_tokens=args.max_new_tokens, compare_base=not args.no_base,
-        )
+    preset = targets.eval_preset_for_run(
+        store, ws, run.id, checkpoint=args.checkpoint, samples=args.samples, data_file=args.data,
+        max_new_tokens=args.max_new_tokens, compare_base=not args.no_base,
+    )
     return _queue(args, _with_overrides(preset, args.overrides))
 
 
@@ -257,8 +237,7 @@ def _merge(args: argparse.Namespace) -> int:
             raise CliError("--checkpoint applies to `tunebench merge RUN`; in a preset, set checkpoint:")
         updates = {k: v for k, v in (("dtype", args.dtype), ("output", args.output)) if v}
         return _queue(args, preset.model_copy(update=updates) if updates else preset)
-    with _user_errors():
-        preset = targets.merge_preset_for_run(store, ws, run.id, checkpoint=args.checkpoint, dtype=args.dtype, output=args.output)
+    preset = targets.merge_preset_for_run(store, ws, run.id, checkpoint=args.checkpoint, dtype=args.dtype, output=args.output)
     return _queue(args, _with_overrides(preset, args.overrides))
 
 
@@ -270,9 +249,8 @@ def _export(args: argparse.Namespace) -> int:
     from jobs import targets
 
     ws, store = _context(args)
-    with _user_errors():
-        target = targets.run_target(store, ws, args.run, args.checkpoint)
-        copied = ckpt.export_weights(target.weights_dir, Path(args.dir), base_model=target.base_model.path)
+    target = targets.run_target(store, ws, args.run, args.checkpoint)
+    copied = ckpt.export_weights(target.weights_dir, Path(args.dir), base_model=target.base_model.path)
     what = "adapter" if target.is_adapter else "model"
     source = f"checkpoint {target.checkpoint}" if target.checkpoint is not None else "final result"
     out = console()

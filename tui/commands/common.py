@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from presets.errors import TunebenchError
 
-class CliError(Exception):
-    """A user-facing failure: printed without a traceback, exit code `code`."""
 
-    def __init__(self, message: str, code: int = 2):
-        super().__init__(message)
-        self.code = code
+class CliError(TunebenchError):
+    """A command that cannot do what its arguments ask; printed like every TunebenchError."""
+
+    def __init__(self, message: str, advice: str | None = None, exit_code: int = 2):
+        super().__init__(message, advice)
+        self.exit_code = exit_code
 
 
 def console(stderr: bool = False):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands.common import CliError, add_preset_args, console, load_preset_from_args, workspace
+from tui.commands.common import add_preset_args, console, load_preset_from_args, workspace
 
 EXAMPLE_TOKENS = 600  # the rendered example is cut after this many tokens
 HISTOGRAM_WIDTH = 40
@@ -30,14 +30,10 @@ def _data(args: argparse.Namespace) -> int:
 
     preset = resolve_paths(load_preset_from_args(args, kind="train"), workspace(args).root)
     from engine.data import build_datasets
-    from engine.errors import EngineError
     from engine.models import load_tokenizer
 
-    try:
-        tokenizer = load_tokenizer(preset.model)
-        bundle = build_datasets(preset.data, tokenizer, seed=preset.training.seed)
-    except EngineError as exc:  # DataError included: names the file, line or key
-        raise CliError(str(exc)) from None
+    tokenizer = load_tokenizer(preset.model)
+    bundle = build_datasets(preset.data, tokenizer, seed=preset.training.seed)  # DataError names the file, line or key
     report = bundle.report
     out = console()
     if args.json:

@@ -94,6 +94,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from jobs.chats import compare_on_training_question
+
     with Progress(TextColumn("[bold]demo[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=out, transient=False) as bar:
         task = bar.add_task("train", total=None, loss="–")
@@ -105,8 +107,7 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
                 break
             time.sleep(POLL_SECONDS)
     if run.state != "completed":
-        advice = f"\n  → {run.advice}" if run.advice else ""
-        raise CliError(f"the demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}{advice}", code=1)
+        raise CliError(f"the demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}", run.advice, exit_code=1)
     out.print(f"[green]the demo run completed[/] in {run.duration:.0f} s; best eval loss {run.best_eval_loss}")
     comparison = compare_on_training_question(ws, run_id)
     if as_json:
@@ -119,25 +120,3 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
         exact = "[green]exact[/]" if comparison[side]["exact"] else "[red]not the answer[/]"
         out.print(Panel(comparison[side]["text"] or "(empty)", title=side, subtitle=exact, title_align="left"))
     return 0
-
-
-def compare_on_training_question(ws, run_id: str) -> dict:
-    """Ask base and fine-tuned a question the run trained on, on one loaded base; say which is exact."""
-    from engine.chat import ChatSession, GenerationSettings
-    from engine.demo_data import demo_rows
-    from tui.commands.chat_cmd import chat_target, first_question
-
-    target = chat_target(ws, run_id)
-    question = first_question(target.data_config)
-    reference = next(row["output"] for row in demo_rows() if row["instruction"] == question)
-    session = ChatSession.load(target.base, target.target, model_config=target.model_config,
-                               chat_template=target.chat_template, system_prompt=target.system_prompt,
-                               labels=target.labels)
-    try:
-        answers = session.answer(question, GenerationSettings(max_new_tokens=32))
-    finally:
-        session.close()
-    result = {"question": question, "reference": reference}
-    for name, answer in zip(("base", "fine-tuned"), answers):
-        result[name] = {"text": answer.text, "exact": answer.text.strip() == reference}
-    return result

@@ -50,7 +50,9 @@ def _doctor(args: argparse.Namespace) -> int:
     run = _find_run(ws, target)
     if run is not None:
         return _doctor_stored_run(args, ws, run)
-    folder = _run_folder(target)
+    from engine.doctor.checkup import run_folder
+
+    folder = run_folder(target)
     if folder is not None:
         return _doctor_run_folder(args, folder)
     preset = _find_preset(ws, target, args.overrides)
@@ -75,15 +77,6 @@ def _find_run(ws, ref: str):
         return None
 
 
-def _run_folder(target: str) -> Path | None:
-    path = Path(target).expanduser()
-    if path.is_file() and path.name.endswith(".jsonl"):
-        return path.parent
-    if path.is_dir() and (path / "metrics.jsonl").is_file():
-        return path
-    return None
-
-
 def _find_preset(ws, target: str, overrides: list[str]):
     from presets import PresetError, find_preset_file, load_preset
 
@@ -100,82 +93,32 @@ def _find_preset(ws, target: str, overrides: list[str]):
 # --------------------------------------------------------------------------- runs
 
 
-def _analyse_with_preset(series: dict, preset, info: dict | None, total_steps: int | None):
-    from engine.doctor.rules import analyse
-
-    info = info or {}
-    training = getattr(preset, "training", None)
-    precision = info.get("precision") or getattr(training, "precision", None) or "auto"
-    return analyse(
-        series, precision=precision, lr_schedule=getattr(training, "scheduler", None),
-        max_grad_norm=getattr(training, "max_grad_norm", None), total_steps=total_steps or info.get("total_steps"),
-    )
-
-
 def _doctor_stored_run(args, ws, run) -> int:
+    from engine.doctor.checkup import check_run
     from jobs.store import open_store
-
-    from engine.doctor.rules import series_from_rows
 
     store = open_store(ws)
     if run.kind != "train":
         raise CliError(f"run {run.id} is a {run.kind} job: the doctor reads training runs")
-    series = series_from_rows(store.metrics_since(run.id))
-    preset = _preset_from_yaml(run.preset_yaml, f"run {run.id}")
-    findings = _analyse_with_preset(series, preset, run.info, run.total_steps)
-    memory = (run.info or {}).get("memory") or _memory_from_findings(store.findings(run.id))
+    checkup = check_run(store.metrics_since(run.id), run.preset_yaml, info=run.info, total_steps=run.total_steps,
+                        stored_findings=store.findings(run.id))
     title = f"run {run.id} ({run.name}) — {run.state}, step {run.step}" + (f"/{run.total_steps}" if run.total_steps else "")
-    return _report_run(args, title, series, findings, memory)
+    return _report_run(args, title, checkup)
 
 
 def _doctor_run_folder(args, folder: Path) -> int:
-    from engine.artifacts import RunArtifacts
-    from engine.doctor.rules import series_from_jsonl
+    from engine.doctor.checkup import check_run_folder
 
-    artifacts = RunArtifacts(folder)
-    with artifacts.metrics_file.open(encoding="utf-8", errors="replace") as handle:
-        lines = handle.readlines()
-    series = series_from_jsonl(lines)
-    info: dict = {}
-    memory = None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("type") == "run_started":
-            info.update(record)
-        elif record.get("type") == "finding" and record.get("rule") == "memory":
-            memory = record.get("evidence")
-    preset = None
-    if artifacts.preset_file.is_file():
-        preset = _preset_from_yaml(artifacts.preset_file.read_text(encoding="utf-8"), str(artifacts.preset_file))
-    findings = _analyse_with_preset(series, preset, info, info.get("total_steps"))
-    return _report_run(args, f"run folder {folder}", series, findings, memory)
+    return _report_run(args, f"run folder {folder}", check_run_folder(folder))
 
 
-def _preset_from_yaml(text: str, source: str):
-    from presets import PresetError, load_preset_text
-
-    try:
-        return load_preset_text(text, source)
-    except PresetError:
-        return None  # an old frozen preset: the rules still run, with default thresholds
-
-
-def _memory_from_findings(findings: list[dict]) -> dict | None:
-    for finding in reversed(findings):
-        if finding.get("rule") == "memory":
-            return finding.get("evidence")
-    return None
-
-
-def _report_run(args, title: str, series: dict, findings, memory: dict | None) -> int:
+def _report_run(args, title: str, checkup) -> int:
+    series, findings, memory = checkup.series, checkup.findings, checkup.memory
     if args.json:
         payload = {"target": title, "findings": [f.to_dict() for f in findings], "memory": memory,
                    "points": {name: len(points) for name, points in series.items()}}
         print(json.dumps(payload, indent=1, default=str))
-        return 1 if any(f.severity == "error" for f in findings) else 0
+        return 1 if checkup.has_errors else 0
     out = console()
     out.print(f"[bold]doctor:[/] {title}")
     loss = series.get("loss", [])
@@ -202,46 +145,33 @@ def _report_run(args, title: str, series: dict, findings, memory: dict | None) -
             f"{format_bytes(memory.get('measured_peak_reserved'))} (ratio {memory.get('ratio')})"
         )
     _print_findings(out, findings, healthy="no findings: the curves look healthy")
-    return 1 if any(f.severity == "error" for f in findings) else 0
+    return 1 if checkup.has_errors else 0
 
 
 # --------------------------------------------------------------------------- presets
 
 
 def _doctor_preset(args, ws, preset) -> int:
+    import logging
+
     from presets import resolve_paths
 
-    from engine.doctor.memory import GiB, estimate_memory, gpu_memory, load_model_config
+    from engine.doctor.checkup import check_preset
+    from engine.doctor.memory import GiB
 
     preset = resolve_paths(preset, ws.root)
     out = console()
-    data_findings, data_note, report = ([], "skipped (--no-data)", None) if args.no_data else _data_findings(preset)
-    seq_len = None
-    if report is not None and report.length.max:
-        # Batches are padded to their longest sample: the longest sample bounds the length, not max_length.
-        seq_len = preset.data.max_length if preset.data.packing else min(preset.data.max_length, report.length.max)
-
-    estimate, memory_note = None, None
-    try:
-        config = load_model_config(preset.model.path, revision=preset.model.revision)
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        memory_note = f"no memory estimate: {exc}"
-    else:
-        if args.gpu_free is not None:
-            free, total = int(args.gpu_free * GiB), None
-        else:
-            free, total = gpu_memory() or (None, None)
-        try:
-            estimate = estimate_memory(preset, config, gpu_free_bytes=free, gpu_total_bytes=total, seq_len=seq_len)
-        except ValueError as exc:
-            memory_note = f"no memory estimate: {exc}"
-
-    findings = data_findings + (_memory_findings(estimate) if estimate else [])
+    # The findings list the data pipeline's warnings; without a handler Python would print them too.
+    logging.getLogger("tunebench.data").addHandler(logging.NullHandler())
+    gpu_free = int(args.gpu_free * GiB) if args.gpu_free is not None else None
+    checkup = check_preset(preset, load_data=not args.no_data, gpu_free_bytes=gpu_free)
+    findings, report, estimate, memory_note = checkup.findings, checkup.data_report, checkup.estimate, checkup.memory_note
+    data_note = "skipped (--no-data)" if args.no_data else None
     if args.json:
         payload = {"preset": preset.name, "findings": [f.to_dict() for f in findings],
                    "data": data_note, "memory": estimate.to_dict() if estimate else memory_note}
         print(json.dumps(payload, indent=1, default=str))
-        return 1 if any(f.severity == "error" for f in findings) else 0
+        return 1 if checkup.has_errors else 0
 
     out.print(f"[bold]doctor:[/] preset [bold cyan]{preset.name}[/]")
     if data_note:
@@ -258,48 +188,7 @@ def _doctor_preset(args, ws, preset) -> int:
     else:
         out.print(f"  memory: {memory_note}")
     _print_findings(out, findings, healthy="no findings on the data or the memory")
-    return 1 if any(f.severity == "error" for f in findings) else 0
-
-
-def _data_findings(preset):
-    """(findings, note when the data could not be checked, the DataReport)."""
-    import logging
-
-    from engine.doctor.data_rules import data_findings
-    from engine.errors import EngineError
-
-    logging.getLogger("tunebench.data").addHandler(logging.NullHandler())
-    try:
-        from engine.data import build_datasets
-        from engine.models import load_tokenizer
-
-        tokenizer = load_tokenizer(preset.model)
-        bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed)
-    except EngineError as exc:
-        from engine.doctor import Finding
-
-        # The pipeline refuses data that cannot train at all (DataError): that is the first finding.
-        finding = Finding(rule="data", severity="error", title=exc.message, advice=exc.advice or "fix the data section of the preset")
-        return [finding], None, None
-    return data_findings(bundle.report), None, bundle.report
-
-
-def _memory_findings(estimate):
-    from engine.doctor import Finding
-    from engine.doctor.memory import format_bytes
-
-    if estimate.fits is None or estimate.fits:
-        return []
-    fitting = [s for s in estimate.suggestions if s.fits]
-    advice = (
-        "Try " + "; or ".join(f"{s.knob} ({' '.join('--set ' + o for o in s.overrides)}: {format_bytes(s.total_bytes)})" for s in fitting[:3])
-        if fitting else "Nothing single fits: combine the knobs in the table, or use a GPU with more memory."
-    )
-    return [Finding(
-        rule="memory", severity="warning",
-        title=f"estimated peak {format_bytes(estimate.total_bytes)} exceeds the {format_bytes(estimate.gpu_free_bytes)} free on the GPU",
-        advice=advice, evidence={"estimate_bytes": estimate.total_bytes, "gpu_free_bytes": estimate.gpu_free_bytes},
-    )]
+    return 1 if checkup.has_errors else 0
 
 
 # --------------------------------------------------------------------------- rendering

@@ -6,7 +6,6 @@ Nothing here imports torch: the verbs talk to the run store and the engine proce
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 
@@ -72,24 +71,10 @@ def register(subparsers) -> None:
     actions.add_parser("run", help="run it in the foreground (Ctrl-C stops it)").set_defaults(handler=_engine_run)
 
 
-@contextlib.contextmanager
-def _user_errors():
-    """The jobs layer's user-facing errors become CliError (printed without a traceback)."""
-    from jobs.control import ControlError
-    from jobs.engine_process import EngineError
-    from jobs.store import RunNotFound, StoreError
-
-    try:
-        yield
-    except (ControlError, EngineError, StoreError, RunNotFound) as exc:
-        raise CliError(str(exc)) from None
-
-
 def _store(args):
     from jobs.store import open_store
 
-    with _user_errors():
-        return open_store(workspace(args))
+    return open_store(workspace(args))
 
 
 def _state(state: str) -> str:
@@ -124,9 +109,8 @@ def _submit(args: argparse.Namespace) -> int:
     from jobs import control
 
     ws = workspace(args)
-    with _user_errors():
-        run = control.submit(ws, args.preset, name=args.name, priority=args.priority, overrides=args.overrides,
-                             dry_run=args.dry_run, start=not args.no_engine)
+    run = control.submit(ws, args.preset, name=args.name, priority=args.priority, overrides=args.overrides,
+                         dry_run=args.dry_run, start=not args.no_engine)
     out = console()
     out.print(f"queued {run.kind} run [bold]{run.id}[/] ({run.name})" + (" [dim](dry run)[/]" if args.dry_run else ""))
     out.print(f"[dim]follow it: tunebench logs -f {run.id}   ·   tunebench show {run.id}[/]")
@@ -165,8 +149,7 @@ def _show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     store = _store(args)
-    with _user_errors():
-        run = store.resolve_run(args.run)
+    run = store.resolve_run(args.run)
     ws = workspace(args)
     out = console()
     out.print(f"[bold]{run.id}[/]  {run.name}  ({run.kind})  {_state(run.state)}"
@@ -225,8 +208,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     store = _store(args)
-    with _user_errors():
-        run = store.resolve_run(args.run)
+    run = store.resolve_run(args.run)
     path = workspace(args).run_dir(run.id) / "run.log"
     out = sys.stdout
     position = 0
@@ -262,8 +244,7 @@ def _cancel(args: argparse.Namespace) -> int:
     from jobs import control
 
     ws = workspace(args)
-    with _user_errors():
-        run = control.cancel(ws, args.run)
+    run = control.cancel(ws, args.run)
     out = console()
     if run.state == "cancelled":
         out.print(f"cancelled {run.id} ({run.name})")
@@ -280,8 +261,7 @@ def _cancel(args: argparse.Namespace) -> int:
 def _resume(args: argparse.Namespace) -> int:
     from jobs import control
 
-    with _user_errors():
-        run = control.resume(workspace(args), args.run, args.from_step)
+    run = control.resume(workspace(args), args.run, args.from_step)
     step = run.info.get("resume_step")
     console().print(f"queued {run.id} ({run.name}) to resume" + (f" from step {step}" if step else "")
                     + f", attempt {run.attempt}")
@@ -291,8 +271,7 @@ def _resume(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from jobs import control
 
-    with _user_errors():
-        run = control.retry(workspace(args), args.run)
+    run = control.retry(workspace(args), args.run)
     console().print(f"queued [bold]{run.id}[/] ({run.name}), a retry of {run.parent_run}")
     return 0
 
@@ -301,15 +280,13 @@ def _rm(args: argparse.Namespace) -> int:
     from jobs import control
 
     store = _store(args)
-    with _user_errors():
-        runs = [store.resolve_run(ref) for ref in args.run]
+    runs = [store.resolve_run(ref) for ref in args.run]
     listing = ", ".join(f"{r.id} ({r.name}, {r.state})" for r in runs)
     if not confirm(f"delete {listing} and all their files?", args.yes):
         console().print("nothing deleted")
         return 1
     for run in runs:
-        with _user_errors():
-            control.remove(workspace(args), run.id)
+        control.remove(workspace(args), run.id)
         console().print(f"deleted {run.id} ({run.name})")
     return 0
 
@@ -319,8 +296,7 @@ def _engine_start(args: argparse.Namespace) -> int:
 
     ws = workspace(args)
     already = engine_status(ws).running
-    with _user_errors():
-        status = start_engine(ws)
+    status = start_engine(ws)
     console().print(("already running: " if already else "started: ") + status.describe())
     console().print(f"[dim]log: {ws.engine_log}[/]")
     return 0
@@ -329,8 +305,7 @@ def _engine_start(args: argparse.Namespace) -> int:
 def _engine_stop(args: argparse.Namespace) -> int:
     from jobs.engine_process import stop_engine
 
-    with _user_errors():
-        stopped = stop_engine(workspace(args), timeout=args.timeout)
+    stopped = stop_engine(workspace(args), timeout=args.timeout)
     console().print("engine stopped" if stopped else "no engine was running")
     return 0
 

@@ -141,7 +141,6 @@ def _train(args: argparse.Namespace) -> int:
     preset = resolve_paths(preset, ws.root)
     run_dir = _run_dir(args, preset.name)
 
-    from engine.errors import EngineError
     from engine.train import train
 
     out = console()
@@ -151,8 +150,6 @@ def _train(args: argparse.Namespace) -> int:
         previous = signal.signal(signal.SIGINT, sink.interrupt) if threading.current_thread() is threading.main_thread() else None
         try:
             result = train(preset, run_dir, sink, resume_from=args.resume)
-        except EngineError as exc:
-            raise CliError(str(exc)) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)

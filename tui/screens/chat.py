@@ -24,7 +24,7 @@ from textual.message import Message
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
 
-from tui.backend import user_message
+from tui.format import user_message
 from tui.widgets.status import StatusLine
 
 STREAM_INTERVAL = 0.05  # at most 20 redraws a second per side, however fast the tokens come
@@ -51,23 +51,11 @@ class ChatRequest:
 
 def resolve_request(workspace, request: ChatRequest):
     """ChatTarget for a request (blocking: reads the store and the run folder)."""
-    from tui.commands.chat_cmd import chat_target, path_target
+    from jobs.targets import chat_target, path_target
 
     if request.run:
         return chat_target(workspace, request.run, checkpoint=request.checkpoint, compare=request.compare)
     return path_target(request.base or None, request.adapter or None)
-
-
-def run_choices(workspace, run_ref: str) -> tuple[str, list[int], bool]:
-    """(run id, checkpoint steps on disk, has a final result) — for the picker's lists."""
-    from engine.artifacts import RunArtifacts
-    from jobs.store import open_store
-    from jobs.targets import checkpoint_dirs
-
-    store = open_store(workspace)
-    run = store.resolve_run(run_ref)
-    final = RunArtifacts(workspace.run_dir(run.id)).final_dir.is_dir()
-    return run.id, list(checkpoint_dirs(store, workspace, run.id)), final
 
 
 class PickScreen(ModalScreen[ChatRequest | None]):
@@ -121,7 +109,11 @@ class PickScreen(ModalScreen[ChatRequest | None]):
     @work(thread=True, exclusive=True, group="pick", exit_on_error=False)
     def _read_choices(self, run_ref: str) -> None:
         try:
-            run_id, steps, final = run_choices(self.app.config.workspace, run_ref)
+            from jobs.store import open_store
+            from jobs.targets import result_choices
+
+            workspace = self.app.config.workspace
+            run_id, steps, final = result_choices(open_store(workspace), workspace, run_ref)
         except Exception as exc:
             self.app.call_from_thread(self._show_error, user_message(exc))
             return
@@ -299,7 +291,7 @@ class ChatScreen(Screen):
                 allow_second_model=allow_second_model,
                 progress=lambda fraction, message: self.app.call_from_thread(self._progress, fraction, message),
             )
-            from tui.commands.chat_cmd import first_question
+            from jobs.chats import first_question
 
             question = first_question(target.data_config)
         except Exception as exc:
@@ -367,7 +359,7 @@ class ChatScreen(Screen):
     def _save_transcript(self, session) -> None:
         if not session.turns:
             return
-        from tui.commands.chat_cmd import save_chat_record
+        from jobs.chats import save_chat_record
 
         run_id = self.target.run_id if self.target else None
         try:
@@ -621,7 +613,7 @@ class ProbeScreen(Screen):
     @work(thread=True, exclusive=True, group="probe", exit_on_error=False)
     def _run(self, count: int, prompts_file: str | None) -> None:
         from engine.chat import run_probe
-        from tui.commands.chat_cmd import probe_examples, save_chat_record
+        from jobs.chats import probe_examples, save_chat_record
 
         try:
             examples, source = probe_examples(self.target, self.session.tokenizer, count=count, prompts_file=prompts_file)

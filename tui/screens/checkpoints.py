@@ -19,7 +19,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from tui import format as fmt
-from tui.backend import user_message
+from tui.format import user_message
 from tui.screens.modals import ConfirmScreen
 from tui.widgets.status import StatusLine
 

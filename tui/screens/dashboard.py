@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Log, ProgressBar, Static
 
 from tui import format as fmt
-from tui.backend import user_message
+from tui.format import user_message
 from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
 from tui.widgets.panels import FindingsPanel, KeyFigures
 from tui.widgets.plot import Line, MetricPlot

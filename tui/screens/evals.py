@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tui import format as fmt
-from tui.backend import user_message
+from tui.format import user_message
 from tui.widgets.status import StatusLine
 
 # Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).

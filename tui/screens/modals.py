@@ -15,7 +15,7 @@ from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tui.backend import user_message
+from tui.format import user_message
 
 
 class ConfirmScreen(ModalScreen[bool]):

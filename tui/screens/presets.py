@@ -22,7 +22,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, OptionList, TextArea
 from textual.widgets.option_list import Option
 
-from tui.backend import user_message
+from tui.format import user_message
 from tui.preset_yaml import EditError, copy_of, origin_of, parse_field, plan_edit
 from tui.screens.modals import ConfirmScreen, DiffScreen, NameScreen, SubmitRequest, SubmitScreen
 from tui.widgets.preset_form import PresetForm
