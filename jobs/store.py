@@ -139,6 +139,10 @@ class RunNotFound(TunebenchError, KeyError):
     """`resolve_run` found no run, or several, for a reference."""
 
 
+class AmbiguousRun(RunNotFound):
+    """Several runs start with the reference."""
+
+
 class InvalidTransition(TunebenchError, ValueError):
     """A state change the run's current state does not allow (a cancel of a finished run, say)."""
 
@@ -435,8 +439,8 @@ class Store:
             return self._read("select count(*) from runs")[0][0]
         return self._read("select count(*) from runs where state = ?", (state,))[0][0]
 
-    def resolve_run(self, ref: str) -> Run:
-        """A run by id, unique id prefix, or name; RunNotFound (a KeyError) says what matched."""
+    def resolve_run(self, ref: str, *, exact: bool = False) -> Run:
+        """A run by id, name, or (unless `exact`) unique id or name prefix; RunNotFound says what matched."""
         ref = (ref or "").strip()
         if not ref:
             raise RunNotFound("no run given")
@@ -446,6 +450,8 @@ class Store:
         rows = self._read(f"select {_RUN_COLUMNS} from runs where name = ?", (ref,))
         if rows:
             return self._row_to_run(rows[0])
+        if exact:
+            raise RunNotFound(f"no run has the id or name {ref!r}", "`tunebench ls` lists the runs")
         escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         prefixes = [f"{escaped}%"] if ref.startswith("r-") else [f"{escaped}%", f"r-{escaped}%"]
         matches: dict[str, tuple] = {}
@@ -458,7 +464,7 @@ class Store:
         if not matches:
             raise RunNotFound(f"no run matches {ref!r}", "`tunebench ls` lists the runs")
         listed = ", ".join(f"{row[0]} ({row[2]})" for row in sorted(matches.values())[:8])
-        raise RunNotFound(f"{ref!r} matches {len(matches)} runs: {listed}", "give more of the id")
+        raise AmbiguousRun(f"{ref!r} matches {len(matches)} runs: {listed}", "give more of the id")
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         """Set plain columns (not the state: use set_state). `info` is merged, not replaced."""

@@ -117,3 +117,22 @@ def test_the_run_checkup_takes_plain_data():
                         stored_findings=[{"rule": "memory", "evidence": memory}])
     assert len(checkup.series["loss"]) == 30 and checkup.memory == memory
     assert "divergence" in {f.rule for f in checkup.findings} and checkup.has_errors
+
+
+def test_a_preset_name_wins_over_a_run_that_starts_with_it(demo_workspace, capsys):
+    from jobs.store import open_store
+    from presets import dump_preset, load_preset
+
+    assert main(["-w", str(demo_workspace.root), "presets", "copy", "demo", "mine"]) == 0
+    store = open_store(demo_workspace)
+    run = store.create_run("train", "mine-5ep", dump_preset(load_preset("demo", demo_workspace.root)))
+    store.add_metrics(run.id, diverging_rows())
+    capsys.readouterr()
+
+    main(["-w", str(demo_workspace.root), "doctor", "mine", "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["preset"] == "mine"
+    assert f"tunebench doctor {run.id}" in captured.err  # how to pick the run instead
+
+    main(["-w", str(demo_workspace.root), "doctor", "mine-5", "--json"])  # a prefix no preset has: the run
+    assert "divergence" in {f["rule"] for f in json.loads(capsys.readouterr().out)["findings"]}

@@ -47,7 +47,9 @@ def register(subparsers) -> None:
 def _doctor(args: argparse.Namespace) -> int:
     ws = workspace(args)
     target = args.target
-    run = _find_run(ws, target)
+    # An exact run id or name, then a run folder, then a preset, and only then a run-name prefix:
+    # `doctor mine` means the preset mine, not the run mine-5ep.
+    run = _find_run(ws, target, exact=True)
     if run is not None:
         return _doctor_stored_run(args, ws, run)
     from engine.doctor.checkup import run_folder
@@ -57,23 +59,32 @@ def _doctor(args: argparse.Namespace) -> int:
         return _doctor_run_folder(args, folder)
     preset = _find_preset(ws, target, args.overrides)
     if preset is not None:
+        prefixed = _find_run(ws, target, ambiguous_ok=True)
+        if prefixed is not None:
+            console(stderr=True).print(f"[yellow]note:[/] checking the preset {target}; for the run {prefixed.name} "
+                                       f"give its name or id: tunebench doctor {prefixed.id}")
         return _doctor_preset(args, ws, preset)
+    run = _find_run(ws, target)
+    if run is not None:
+        return _doctor_stored_run(args, ws, run)
     raise CliError(
         f"{target!r} is neither a run (in {ws.store_db}), a run folder, nor a preset: "
         "`tunebench ls` lists the runs, `tunebench presets list` the presets"
     )
 
 
-def _find_run(ws, ref: str):
+def _find_run(ws, ref: str, *, exact: bool = False, ambiguous_ok: bool = False):
     if not ws.store_db.is_file():
         return None  # looking must not create a store
-    from jobs.store import RunNotFound, open_store
+    from jobs.store import AmbiguousRun, RunNotFound, open_store
 
     try:
-        return open_store(ws).resolve_run(ref)
-    except RunNotFound as exc:
-        if "matches" in str(exc) and "runs:" in str(exc):
-            raise CliError(str(exc)) from None  # ambiguous: say so rather than try presets
+        return open_store(ws).resolve_run(ref, exact=exact)
+    except AmbiguousRun:
+        if ambiguous_ok:
+            return None
+        raise  # several runs match: say so rather than guess
+    except RunNotFound:
         return None
 
 
