@@ -94,7 +94,9 @@ class DbSink:
         self.store.update_run(self.run_id, info=info, **({"total_steps": int(total)} if total else {}))
         parts = [f"{key}={info[key]}" for key in ("total_steps", "method", "precision", "device", "train_samples")
                  if info.get(key) is not None]
-        self.event("info", "training started" + (f": {', '.join(parts)}" if parts else ""), step=0)
+        start = int(info.get("start_step") or 0)  # a resumed run starts at its checkpoint's step
+        what = f"training resumed at step {start}" if start else "training started"
+        self.event("info", what + (f": {', '.join(parts)}" if parts else ""), step=start)
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         now = time.time()

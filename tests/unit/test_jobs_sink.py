@@ -47,6 +47,14 @@ def test_metrics_are_flushed_by_the_background_thread_and_update_the_run(store, 
     assert summary.info["method"] == "lora"
 
 
+def test_a_resumed_run_starts_at_its_checkpoint_step(store, run):
+    sink = DbSink(store, run.id, flush_interval=60)
+    sink.run_started({"total_steps": 100, "start_step": 34, "method": "lora"})
+    sink.close()
+    event = store.events_since(run.id)[-1]
+    assert event.step == 34 and event.text.startswith("training resumed at step 34")
+
+
 def test_events_checkpoints_and_findings_flush_pending_metrics_first(store, run, tmp_path):
     sink = DbSink(store, run.id, flush_interval=60)  # only explicit flushes in this test
     sink.metrics(5, {"loss": 3.0})
