@@ -113,3 +113,13 @@ def resolve_resume(resume_from: str | Path, artifacts: RunArtifacts) -> Path:
         f"cannot resume from {path}: not a complete checkpoint (no trainer_state.json)",
         f"pass a checkpoint folder such as runs/<id>/checkpoints/checkpoint-<step>; this run's checkpoints: {known}",
     )
+
+
+def human_bytes(n: float) -> str:
+    """A size in binary units, as the TUI and the CLI show sizes (3.2 MiB, never 3.4 MB)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} TiB"

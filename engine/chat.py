@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from engine.artifacts import is_adapter_dir
+from engine.artifacts import human_bytes, is_adapter_dir
 from engine.errors import EngineError
 from engine.generation import is_prompt_learning
 
@@ -166,15 +166,6 @@ class LoadPlan:
 class Turn:
     prompt: str
     answers: list[Answer]
-
-
-def human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 # --------------------------------------------------------------------------- memory estimates (no torch)

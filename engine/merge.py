@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from engine.artifacts import human_bytes
 from engine.errors import EngineError
 from engine.models import quiet_libraries
 from engine.outcome import JobOutcome, JobStopped
@@ -282,7 +283,7 @@ def merge_adapter(
         summary["size_bytes"] = _dir_size(staging)
         summary["seconds"] = round(time.time() - started, 2)
         _write_report(staging, summary)
-    sink.event("info", f"saved the merged model ({dtype}, {summary['size_bytes'] / 1e6:.1f} MB) to {out_dir}")
+    sink.event("info", f"saved the merged model ({dtype}, {human_bytes(summary['size_bytes'])}) to {out_dir}")
     return summary
 
 
@@ -592,7 +593,7 @@ def merge_models(preset, out_dir: str | Path, sink: Sink | None = None, *, max_s
             "size_bytes": _dir_size(staging), "output": str(out_dir), "seconds": round(time.time() - started, 2),
         }
         _write_report(staging, summary)
-    sink.event("info", f"saved the merged model ({preset.dtype}, {summary['size_bytes'] / 1e6:.1f} MB) to {out_dir}")
+    sink.event("info", f"saved the merged model ({preset.dtype}, {human_bytes(summary['size_bytes'])}) to {out_dir}")
     return summary
 
 

@@ -223,6 +223,8 @@ def test_whole_model_merge_equals_tensorwise_reference(method, fine_tunes, tiny_
     summary = outcome.details
     assert outcome.status == "completed" and summary["tensors"] > 30
     assert sink.metric_rows[-1][1]["tensors_done"] == summary["tensors"]
+    saved = next(text for _, text in sink.events if text.startswith("saved the merged model"))
+    assert "MiB" in saved and " MB" not in saved  # one unit everywhere: the TUI's
 
     merged = _state(tmp_path / "out")  # plain transformers loads it
     base, a, b = _state(tiny_model_dir), _state(fine_tunes[0]), _state(fine_tunes[1])

@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from tui import format as fmt
 from tui.commands.common import CliError, add_preset_args, confirm, console, workspace
 
 STATE_STYLE = {
@@ -183,7 +184,7 @@ def _show(args: argparse.Namespace) -> int:
         table = Table("step", "eval loss", "size", "", title="checkpoints", box=None, title_justify="left")
         for row in checkpoints:
             flags = " ".join(f for f, on in (("best", row.best), ("kept", row.keep)) if on)
-            size = f"{row.size_bytes / 1e6:.1f} MB" if row.size_bytes else ""
+            size = fmt.size(row.size_bytes) if row.size_bytes else ""  # the unit the TUI shows
             table.add_row(str(row.step), _number(row.metrics.get("eval_loss")), size, flags)
         out.print(table)
     findings = store.findings(run.id)
