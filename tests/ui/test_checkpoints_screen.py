@@ -55,21 +55,6 @@ async def test_table_markers_and_keep(workspace):
 
 
 @async_test
-async def test_home_and_end_move_the_row_cursor(workspace):
-    run_id = fake_trained_run(workspace)
-    app = make_app(workspace)
-    async with app.run_test(size=(120, 30)) as pilot:
-        screen = await open_checkpoints(pilot, run_id)
-        await select_step(pilot, screen, 20)
-        await pilot.press("home")
-        await settle(pilot)
-        assert screen.selected.step == 10  # so that `d` now asks about step 10, the row on show
-        await pilot.press("end")
-        await settle(pilot)
-        assert screen.selected.step == 30
-
-
-@async_test
 async def test_delete_asks_once_and_twice_for_the_best(workspace):
     run_id = fake_trained_run(workspace)
     store = open_store(workspace)

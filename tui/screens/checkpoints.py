@@ -21,7 +21,6 @@ from textual.widgets import DataTable, Footer, Input, Label, Static
 from tui import format as fmt
 from tui.format import user_message
 from tui.screens.polled import PolledScreen
-from tui.widgets.row_table import RowTable
 from tui.screens.modals import ConfirmScreen
 from tui.widgets.status import StatusLine
 
@@ -87,7 +86,7 @@ class CheckpointsScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield StatusLine("Checkpoints")
         yield Static("", id="ckpt-head")
-        yield RowTable(zebra_stripes=True, id="ckpt-table")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="ckpt-table")
         yield Static("", id="ckpt-detail")
         yield Footer()
 

@@ -13,7 +13,6 @@ from textual.widgets import DataTable, Footer, Static
 from tui import format as fmt
 from tui.format import user_message
 from tui.screens.polled import PolledScreen
-from tui.widgets.row_table import RowTable
 from tui.widgets.status import StatusLine
 
 # Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).
@@ -84,9 +83,9 @@ class EvalsScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield StatusLine("Evals")
         yield Static("", id="evals-head")
-        yield RowTable(zebra_stripes=True, id="evals-list")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-list")
         yield Static("", id="evals-bars")
-        yield RowTable(zebra_stripes=True, id="evals-samples")
+        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-samples")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rich.text import Text
+from textual.widgets import DataTable
 
 from tui import format as fmt
-from tui.widgets.row_table import RowTable
 
 COLUMNS = (
     ("name", "name"),
@@ -31,13 +31,13 @@ def display_order(runs: list) -> list:
     return running + queued + rest
 
 
-class RunsTable(RowTable):
+class RunsTable(DataTable):
     DEFAULT_CSS = """
     RunsTable { height: 1fr; }
     """
 
     def __init__(self, **kwargs):
-        super().__init__(zebra_stripes=True, **kwargs)
+        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
         self._order: list[str] = []
         self._cells: dict[str, tuple] = {}
 
