@@ -27,12 +27,12 @@ from engine.sink import Sink
 from presets.methods import METHODS
 from presets.schema import TrainPreset
 
-_EVAL_NOISE = 1e-6
+_EVAL_NOISE = 1e-6  # an eval loss must improve by more than this to count as better
 # A test hook (jobs.control.submit(park_at_step=N) sets it): training waits after step N, its
 # logging and checkpoint done, until a stop is asked for; a cancel, SIGTERM or kill then lands at
 # a known step instead of racing the training loop.
 PARK_AT_STEP_ENV = "TUNEBENCH_TEST_PARK_AT_STEP"
-_PARK_POLL_S = 0.05  # an eval loss must improve by more than this to count as better
+_PARK_POLL_S = 0.05
 
 
 def checkpoint_eval_loss(path: Path) -> float | None:

@@ -12,7 +12,7 @@ import pytest
 from jobs import control
 from jobs.engine_process import engine_status, start_engine
 from jobs.store import open_store
-from helpers.engine_process import kill_engine_group, wait_for, wait_parked, wait_state
+from helpers.engine_process import wait_for, wait_parked, wait_state
 
 pytest.importorskip("engine.train")
 
