@@ -159,7 +159,27 @@ async def test_submit_a_preset_with_overrides(workspace):
         assert run.state == "queued" and run.info["overrides"] == ["training.max_steps=7"]
         assert "max_steps: 7" in run.preset_yaml
         await until(pilot, lambda: "demo-diverge-2" in table_names(app), "the new run in the table")
-        assert app.selected_run_id == run.id, "the cursor moves to the submitted run"
+        await until(pilot, lambda: app.screen.query_one(RunsTable).selected_id == app.selected_run_id == run.id,
+                    "the cursor on the submitted run")
+
+
+@async_test
+async def test_cursor_follows_a_submit_that_a_poll_showed_first(workspace):
+    # The order that once left the cursor behind: a poll rebuilds the table with the new run (its
+    # highlight event still in flight for the old row), then the submit's answer arrives.
+    store = fill_store(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        before = app.selected_run_id
+        run = store.create_run("train", "demo-new", "name: demo-new\n")
+        app.overview = app.backend.overview()
+        screen._on_state(None)  # the poll's redraw, now rather than on the signal's next turn
+        screen._submitted(run)
+        await settle(pilot)
+        assert before != run.id
+        assert screen.query_one(RunsTable).selected_id == app.selected_run_id == run.id
 
 
 @async_test

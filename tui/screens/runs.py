@@ -88,8 +88,11 @@ class RunsScreen(Screen):
 
     @on(DataTable.RowHighlighted)
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.row_key is not None and event.row_key.value:
-            self.app.selected_run_id = event.row_key.value
+        # Highlight events arrive after the fact: one posted by a table rebuild may land after the
+        # app chose another run (a submit), and must not drag the selection back to the old row.
+        row_id = event.row_key.value if event.row_key is not None else None
+        if row_id and row_id == self.query_one(RunsTable).selected_id:
+            self.app.selected_run_id = row_id
         self._show_detail()
         self.refresh_bindings()
 
@@ -120,13 +123,14 @@ class RunsScreen(Screen):
         if request is None:
             return
 
-        def submitted(run) -> None:
-            self.app.selected_run_id = run.id
-            self.notify(f"{run.name} queued ({run.id}).", timeout=4)
-
         backend = self.app.backend
         self.app.call_blocking(f"submit {request.preset}", backend.submit, request.preset,
-                               name=request.name, overrides=request.overrides, then=submitted)
+                               name=request.name, overrides=request.overrides, then=self._submitted)
+
+    def _submitted(self, run) -> None:
+        self.app.selected_run_id = run.id
+        self.query_one(RunsTable).select(run.id)  # at once if a poll already brought the row
+        self.notify(f"{run.name} queued ({run.id}).", timeout=4)
 
     def _act(self, verb: str, method, done: str) -> None:
         run = self.selected_run
