@@ -335,7 +335,11 @@ def test_an_engine_whose_workspace_is_deleted_exits(ws):
     import psutil
 
     pid = start_engine(ws).pid
-    shutil.rmtree(ws.root)
+    # Moved away in one step, then removed: an rmtree races the engine's own writes (it may add a
+    # file to a folder rmtree has just emptied), and the engine sees the same missing workspace.
+    removed = ws.root.with_name(ws.root.name + "-removed")
+    ws.root.rename(removed)
+    shutil.rmtree(removed, ignore_errors=True)
 
     def gone() -> bool:
         try:
