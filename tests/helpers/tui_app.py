@@ -7,6 +7,8 @@ import asyncio
 import functools
 import math
 
+from textual.widgets import DataTable
+
 from jobs.store import Store
 from jobs.workspace import Workspace
 from tui.app import TunebenchApp
@@ -90,11 +92,23 @@ def async_test(test):
 
 
 async def settle(pilot, rounds: int = 3) -> None:
-    """Let messages, workers and the messages they post run to the end."""
+    """Let messages, workers and the messages they post run to the end, and tables lay out."""
     for _ in range(rounds):
         await pilot.pause()
         await pilot.app.workers.wait_for_complete()
     await pilot.pause()
+    for _ in range(100):
+        if not _tables_pending_layout(pilot.app):
+            return
+        await pilot.pause()
+    raise AssertionError("a DataTable never laid out its new rows and cells")
+
+
+def _tables_pending_layout(app) -> bool:
+    # A DataTable measures new rows and widened cells on its next Idle event, which may come after
+    # every queue was empty once: a snapshot taken before then shows columns at their label widths.
+    return any(table._require_update_dimensions or table._updated_cells
+               for table in app.screen.query(DataTable))
 
 
 async def until(pilot, condition, what: str, attempts: int = 200) -> None:

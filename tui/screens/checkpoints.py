@@ -15,11 +15,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
-from textual.screen import ModalScreen, Screen
+from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from tui import format as fmt
 from tui.format import user_message
+from tui.screens.polled import PolledScreen
 from tui.screens.modals import ConfirmScreen
 from tui.widgets.status import StatusLine
 
@@ -54,7 +55,7 @@ class PathScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
-class CheckpointsScreen(Screen):
+class CheckpointsScreen(PolledScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("c", "chat", "Chat"),
@@ -94,7 +95,7 @@ class CheckpointsScreen(Screen):
         for key, label in COLUMNS:
             table.add_column(label, key=key)
         table.focus()
-        self.app.state_signal.subscribe(self, lambda _: self.reload())
+        self.subscribe_to_polls(self.reload)
         self.reload()
 
     # ----------------------------------------------------------------- reading

@@ -13,12 +13,12 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.content import Content
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Log, ProgressBar, Static
 
 from tui import format as fmt
 from tui.format import user_message
 from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
+from tui.screens.polled import PolledScreen
 from tui.widgets.panels import FindingsPanel, KeyFigures
 from tui.widgets.plot import Line, MetricPlot
 from tui.widgets.status import StatusLine
@@ -31,7 +31,7 @@ VALUE_FORMATS = {
 }
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(PolledScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("m", "toggle_smoothing", "Smooth"),
@@ -81,11 +81,19 @@ class DashboardScreen(Screen):
                                   smoothing=config.smoothing)
         self.query_one("#run-log", Log).border_title = "run.log"
         self.query_one("#plot-memory", MetricPlot).set_empty("no GPU memory reported")
-        self.app.state_signal.subscribe(self, self._on_state)
-        self._timer = self.set_interval(config.poll_interval, self.poll)
+        self.subscribe_to_polls(self._follow_state)
+        self._timer = self.set_interval(config.poll_interval, self._poll_if_shown)
         self.poll()
 
     # ----------------------------------------------------------------- polling
+
+    def _poll_if_shown(self) -> None:
+        if not self.skip_while_hidden():
+            self.poll()
+
+    def catch_up(self) -> None:
+        self._follow_state()
+        self.poll()
 
     def poll(self) -> None:
         if self.frozen or (self._worker is not None and self._worker.is_running):
@@ -107,7 +115,7 @@ class DashboardScreen(Screen):
             self._last_error = message
             self.notify(message, title="cannot read the run", severity="error")
 
-    def _on_state(self, _: object) -> None:
+    def _follow_state(self) -> None:
         """A frozen (finished) run that becomes active again (resume) is followed live again."""
         overview = self.app.overview
         run = overview.run(self.run_id) if overview else None

@@ -8,11 +8,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tui import format as fmt
 from tui.format import user_message
+from tui.screens.polled import PolledScreen
 from tui.widgets.status import StatusLine
 
 # Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).
@@ -59,7 +59,7 @@ def bars_text(results: dict, colours: dict[str, str]) -> Text:
     return text
 
 
-class EvalsScreen(Screen):
+class EvalsScreen(PolledScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("tab", "focus_next", "Switch table", show=False),
@@ -94,7 +94,7 @@ class EvalsScreen(Screen):
                            ("em", "exact match base → ft"), ("status", "status")):
             listing.add_column(label, key=key)
         listing.focus()
-        self.app.state_signal.subscribe(self, lambda _: self.reload())
+        self.subscribe_to_polls(self.reload)
         self.reload()
 
     # ----------------------------------------------------------------- reading

@@ -6,11 +6,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from tui import format as fmt
 from tui.screens.modals import ConfirmScreen, SubmitRequest, SubmitScreen
+from tui.screens.polled import PolledScreen
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.status import StatusLine
 
@@ -24,7 +24,7 @@ ACTION_STATES = {
 }
 
 
-class RunsScreen(Screen):
+class RunsScreen(PolledScreen):
     BINDINGS = [
         Binding("enter", "open_run", "Open"),
         Binding("s", "submit", "Submit"),
@@ -42,13 +42,13 @@ class RunsScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.app.state_signal.subscribe(self, self._on_state)
-        self._on_state(None)
+        self.subscribe_to_polls(self._redraw)
+        self._redraw()
         self.query_one(RunsTable).focus()
 
     # ----------------------------------------------------------------- drawing
 
-    def _on_state(self, _: object) -> None:
+    def _redraw(self) -> None:
         overview = self.app.overview
         if overview is None:
             return
