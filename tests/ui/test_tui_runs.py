@@ -54,11 +54,20 @@ async def test_cancel_a_running_and_a_queued_run(workspace):
     async with app.run_test(size=(120, 40)) as pilot:
         await settle(pilot)
         await select(pilot, "demo")
-        await pilot.press("c")
+        await pilot.press("c")  # a stray key costs nothing: it asks, and `n` keeps the run going
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the cancel question")
+        assert "saves a checkpoint" in str(app.screen.question)
+        await pilot.press("n")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen) and store.stop_requested("r-fixed-0005") is None
+        await pilot.press("c", "y")
         await until(pilot, lambda: store.stop_requested("r-fixed-0005") == "cancel", "the stop request")
         await until(pilot, lambda: any("cancel requested" in n for n in notifications(app)), "the notification")
         await select(pilot, "qlora-big")
         await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the cancel question")
+        assert "off the queue" in str(app.screen.question)
+        await pilot.press("y")
         await until(pilot, lambda: store.get_run("r-fixed-0006").state == "cancelled", "the queued run cancelled")
         await until(pilot, lambda: "■ cancelled" in str(app.screen.query_one(RunsTable).get_row("r-fixed-0006")[1]),
                     "the table to show it")
@@ -175,7 +184,7 @@ async def test_cursor_follows_a_submit_that_a_poll_showed_first(workspace):
         before = app.selected_run_id
         run = store.create_run("train", "demo-new", "name: demo-new\n")
         app.overview = app.backend.overview()
-        screen._on_state(None)  # the poll's redraw, now rather than on the signal's next turn
+        screen._redraw()  # the poll's redraw, now rather than on the signal's next turn
         screen._submitted(run)
         await settle(pilot)
         assert before != run.id
