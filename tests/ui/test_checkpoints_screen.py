@@ -131,7 +131,7 @@ async def test_resume_from_a_checkpoint_and_chat_with_one(workspace, monkeypatch
 
         await until(pilot, lambda: len(screen.infos) == 2, "the table after resume")
         await select_step(pilot, screen, 10)
-        await pilot.press("c")
+        await pilot.press("a")
         await until(pilot, lambda: loads, "the chat screen loading the checkpoint")
         assert (loads[0].run, loads[0].checkpoint) == (run_id, 10)
         assert isinstance(app.screen, chat_module.ChatScreen)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from helpers.tui_app import FIXED_NOW, async_test, fill_store, make_app, screen_text, settle, until
 
 from tui.screens.dashboard import DashboardScreen
+from tui.screens.modals import ConfirmScreen
 from tui.widgets.panels import FindingsPanel
 from tui.widgets.plot import MetricPlot
 
@@ -148,3 +149,19 @@ async def test_a_deleted_run_says_so(workspace):
         screen.frozen = False
         screen.poll()
         await until(pilot, lambda: "This run was deleted" in screen_text(app), "the deleted notice")
+
+
+@async_test
+async def test_cancel_asks_first_and_says_a_checkpoint_is_saved(workspace):
+    store = fill_store(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_dashboard(pilot, "r-fixed-0005")  # running
+        await pilot.press("c")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the cancel question")
+        assert "step 120" in str(app.screen.question) and "saves a checkpoint" in str(app.screen.question)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is screen and store.stop_requested("r-fixed-0005") is None
+        await pilot.press("c", "y")
+        await until(pilot, lambda: store.stop_requested("r-fixed-0005") == "cancel", "the stop request")

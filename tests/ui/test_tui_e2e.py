@@ -147,6 +147,8 @@ def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path):
     tmux.keys("Escape")
     tmux.wait_for("the Runs screen", lambda t: "tunebench › Runs" in t and "▶ running" in run_row(t, "demo"), 30)
     tmux.keys("c")
+    tmux.wait_for("the cancel question", lambda t: "saves a checkpoint" in t, 30)
+    tmux.keys("y")
     tmux.wait_for("the run cancelled", lambda t: "cancelled" in run_row(t, "demo"), 180)
     assert open_store(demo_workspace).get_run(run.id).state == "cancelled"
 

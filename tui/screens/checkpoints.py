@@ -58,7 +58,7 @@ class PathScreen(ModalScreen[str | None]):
 class CheckpointsScreen(PolledScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("c", "chat", "Chat"),
+        Binding("a", "chat", "Chat"),  # not `c`: that cancels a run on Runs and Dashboard
         Binding("e", "evaluate", "Evaluate"),
         Binding("r", "resume", "Resume from"),
         Binding("m", "merge", "Merge"),

@@ -18,6 +18,7 @@ from textual.widgets import Footer, Log, ProgressBar, Static
 from tui import format as fmt
 from tui.format import user_message
 from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
+from tui.screens.modals import confirm_cancel
 from tui.screens.polled import PolledScreen
 from tui.widgets.panels import FindingsPanel, KeyFigures
 from tui.widgets.plot import Line, MetricPlot
@@ -262,11 +263,8 @@ class DashboardScreen(PolledScreen):
         return True
 
     def action_cancel_run(self) -> None:
-        if self.run is None:
-            return
-        name = self.run.name
-        self.app.call_blocking(f"cancel {name}", self.app.backend.cancel, self.run_id,
-                               then=lambda _: self.notify(f"{name}: cancel requested.", timeout=4))
+        if self.run is not None:
+            confirm_cancel(self.app, self.run)
 
     def action_resume_run(self) -> None:
         if self.run is None:

@@ -26,17 +26,18 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: str, confirm_label: str = "Yes"):
+    def __init__(self, question: str, confirm_label: str = "Yes", decline_label: str = "Cancel"):
         super().__init__()
         self.question = question
         self.confirm_label = confirm_label
+        self.decline_label = decline_label
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Static(self.question, classes="dialog-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(f"{self.confirm_label} (y)", variant="error", id="yes")
-                yield Button("Cancel (n)", id="no")
+                yield Button(f"{self.decline_label} (n)", id="no")
 
     def on_mount(self) -> None:
         self.query_one("#no", Button).focus()  # the safe answer is the default
@@ -47,6 +48,27 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, yes: bool) -> None:
         self.dismiss(yes)
+
+
+def confirm_cancel(app, run) -> None:
+    """Cancel `run` once the user says yes: the one way every screen cancels, so `c` asks first
+    everywhere (a stray key must not cost a run)."""
+    if run.state == "running":
+        question = Content.from_markup(
+            "Cancel [b]$name[/] (running, step $step)?\nIt stops at the next step and saves a checkpoint "
+            "there; [b]r[/] resumes it later.", name=run.name, step=str(run.step))
+        done = f"{run.name}: cancel requested (it stops at the next step and saves a checkpoint)"
+    else:
+        question = Content.from_markup("Take [b]$name[/] off the queue?\n[b]t[/] queues it again later.",
+                                       name=run.name)
+        done = f"{run.name} cancelled"
+
+    def answered(yes: bool | None) -> None:
+        if yes:
+            app.call_blocking(f"cancel {run.name}", app.backend.cancel, run.id,
+                              then=lambda _: app.notify(done, timeout=4))
+
+    app.push_screen(ConfirmScreen(question, "Cancel run", decline_label="Keep it"), answered)
 
 
 class NameScreen(ModalScreen[str | None]):

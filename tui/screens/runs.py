@@ -9,7 +9,7 @@ from textual.content import Content
 from textual.widgets import DataTable, Footer, Static
 
 from tui import format as fmt
-from tui.screens.modals import ConfirmScreen, SubmitRequest, SubmitScreen
+from tui.screens.modals import ConfirmScreen, SubmitRequest, SubmitScreen, confirm_cancel
 from tui.screens.polled import PolledScreen
 from tui.widgets.runs_table import RunsTable
 from tui.widgets.status import StatusLine
@@ -142,8 +142,10 @@ class RunsScreen(PolledScreen):
 
     def action_cancel_run(self) -> None:
         run = self.selected_run
-        message = "{name}: cancel requested (it stops at the next step)" if run and run.state == "running" else "{name} cancelled"
-        self._act("cancel", self.app.backend.cancel, message)
+        if run is None:
+            self.notify("No run selected.", severity="warning")
+            return
+        confirm_cancel(self.app, run)
 
     def action_resume_run(self) -> None:
         self._act("resume", self.app.backend.resume, "{name} queued to resume from its last checkpoint")
