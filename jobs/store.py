@@ -127,6 +127,9 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "create index eval_results_run on eval_results (run_id, id)",
     ],
+    # The running time of a run's attempts that ended: started_at is only the current attempt's
+    # start, and the time a run sat cancelled or queued between attempts is no part of how long it ran.
+    ["alter table runs add column active_seconds real not null default 0"],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -174,6 +177,7 @@ class Run:
     worker_pid: int | None = None
     stop_request: str | None = None
     attempt: int = 1
+    active_seconds: float = 0.0  # running time of the attempts that ended
 
     @property
     def active(self) -> bool:
@@ -190,11 +194,15 @@ class Run:
             return None
         return min(1.0, self.step / self.total_steps)
 
-    @property
-    def duration(self) -> float | None:
-        if self.started_at is None:
-            return None
-        return (self.finished_at or time.time()) - self.started_at
+    def running_time(self, now: float | None = None) -> float | None:
+        """Seconds spent running, summed over attempts: time queued or stopped between them is not counted."""
+        if self.state == "running" and self.started_at is not None:
+            return self.active_seconds + max(0.0, (time.time() if now is None else now) - self.started_at)
+        if self.active_seconds:
+            return self.active_seconds
+        if self.started_at is not None and self.finished_at is not None:  # a run finished before active_seconds
+            return max(0.0, self.finished_at - self.started_at)
+        return None
 
 
 @dataclass(frozen=True)
@@ -246,12 +254,12 @@ class EvalResultRow:
 _RUN_COLUMNS = (
     "id, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu, "
     "error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss, "
-    "best_eval_step, info, findings, worker_pid, stop_request, attempt"
+    "best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds"
 )
 _RUN_UPDATABLE = {
     "priority", "engine_pid", "worker_pid", "gpu", "error", "advice", "step", "total_steps", "last_loss",
     "best_eval_loss", "best_eval_step", "started_at", "finished_at", "stop_request", "parent_run",
-    "parent_checkpoint",
+    "parent_checkpoint", "active_seconds",
 }
 _ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32: no i, l, o, u
 
@@ -373,10 +381,10 @@ class Store:
         values[20] = json.loads(values[20] or "{}")
         (rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu,
          error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss,
-         best_eval_step, info, findings, worker_pid, stop_request, attempt) = values
+         best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds) = values
         return Run(rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at,
                    engine_pid, gpu, error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss,
-                   best_eval_loss, best_eval_step, info, findings, worker_pid, stop_request, attempt)
+                   best_eval_loss, best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds)
 
     def create_run(self, kind: str, name: str, preset_yaml: str, *, priority: int = 0,
                    parent_run: str | None = None, parent_checkpoint: int | None = None,
@@ -514,6 +522,9 @@ class Store:
                 raise InvalidTransition(f"run {run_id} cannot go from {current} to {state}")
             now = time.time()
             sets, params = ["state = ?"], [state]
+            if current == "running":
+                sets.append("active_seconds = active_seconds + max(0, ? - coalesce(started_at, ?))")
+                params += [now, now]
             if state == "running":
                 sets += ["started_at = ?", "finished_at = null", "stop_request = null", "error = null", "advice = null"]
                 params.append(now)

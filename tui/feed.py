@@ -85,8 +85,8 @@ class DashboardFeed:
         if added or self.reads == 0:
             update.plots = self.plot_lines()
         update.figures = self.figures(run)
-        update.pace = recent_pace(self.series.get("loss") or _longest(self.series), run.total_steps) \
-            if self.series.series else None
+        update.pace = recent_pace(self.series.get("loss") or _longest(self.series), run.total_steps,
+                                  since=run.started_at) if self.series.series else None
         chunk = self.backend.read_log(self.run_id, self.log_offset)
         self.log_offset = chunk.offset
         update.log_text, update.log_truncated = chunk.text, chunk.truncated

@@ -103,15 +103,6 @@ def eta(step: int | None, total: int | None, elapsed: float | None) -> float | N
     return elapsed / step * (total - step)
 
 
-def elapsed(run, now: float) -> float | None:
-    """Wall time of a run: running → since start; finished → start to finish."""
-    start = getattr(run, "started_at", None)
-    if not start:
-        return None
-    end = getattr(run, "finished_at", None) or now
-    return max(0.0, end - start)
-
-
 def user_message(exc: BaseException) -> str:
     """How an error reads, the same in the CLI and the TUI: the message, then the advice after an arrow.
 

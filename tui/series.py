@@ -9,6 +9,7 @@ the start when a row arrives. Pure Python, no Textual: the dashboard's worker th
 
 from __future__ import annotations
 
+import bisect
 import math
 from array import array
 from dataclasses import dataclass
@@ -124,12 +125,19 @@ class Pace:
     seconds_left: float | None
 
 
-def recent_pace(series: Series, total_steps: int | None, window: int = 20) -> Pace | None:
-    """Steps per second over the last `window` reports (the pace now, not since the start)."""
+def recent_pace(series: Series, total_steps: int | None, window: int = 20, since: float | None = None) -> Pace | None:
+    """Steps per second over the last `window` reports (the pace now, not since the start).
+
+    `since`: the current attempt's start. Reports from before it are left out, so the time a resumed
+    run sat cancelled and queued does not pass for slow training."""
     n = len(series)
     if n < 2:
         return None
     first = max(0, n - 1 - window)
+    if since is not None:
+        first = max(first, bisect.bisect_left(series.times, since))
+        if first >= n - 1:
+            return None
     d_step = series.steps[-1] - series.steps[first]
     d_time = series.times[-1] - series.times[first]
     if d_step <= 0 or d_time <= 0:

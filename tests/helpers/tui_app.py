@@ -27,7 +27,7 @@ def _run(store: Store, run_id: str, name: str, *, kind: str = "train", state: st
     for step in path:
         extra = {k: fields.pop(k) for k in ("error", "advice") if k in fields and step == path[-1]}
         store.set_state(run_id, step, **extra)
-    times = {}
+    times = {"active_seconds": took or 0.0}  # the transitions above ran on the real clock: fix their time
     if started_ago is not None:
         times["started_at"] = FIXED_NOW - started_ago
         if took is not None:

@@ -211,3 +211,32 @@ def test_open_store_is_shared_until_the_workspace_is_replaced(tmp_path):
     shutil.rmtree(root)
     fresh = open_store(root)  # a new workspace at the same path: not the deleted database
     assert fresh is not first and fresh.list_runs() == []
+
+
+def test_running_time_sums_attempts_and_leaves_out_waiting(store, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(store_mod.time, "time", lambda: clock[0])
+
+    def at(seconds: float, state: str) -> None:
+        clock[0] = seconds
+        store.set_state("r1", state)
+
+    store.create_run("train", "demo", PRESET, run_id="r1")
+    assert store.get_run("r1").running_time(now=50.0) is None  # never ran
+    at(100.0, "running")
+    assert store.get_run("r1").running_time(now=130.0) == 30.0
+    at(196.0, "cancelled")
+    at(300.0, "queued")
+    assert store.get_run("r1").running_time(now=800.0) == 96.0  # waiting in the queue does not count
+    at(900.0, "running")
+    assert store.get_run("r1").running_time(now=950.0) == 146.0
+    at(1000.0, "completed")
+    assert store.get_run("r1").running_time(now=5000.0) == 196.0
+
+
+def test_runs_from_before_running_time_was_kept_read_their_last_attempt(store):
+    store.create_run("train", "old", PRESET, run_id="r-old")
+    store.set_state("r-old", "running")
+    store.set_state("r-old", "completed")
+    store.update_run("r-old", started_at=10.0, finished_at=70.0, active_seconds=0.0)  # as migrated rows are
+    assert store.get_run("r-old").running_time() == 60.0

@@ -89,6 +89,20 @@ def test_recent_pace_uses_the_latest_reports():
     assert pace.seconds_left == pytest.approx((1000 - 390) / 4.0)
 
 
+def test_recent_pace_leaves_out_the_time_before_a_resume():
+    # 1 step/s, then 600 s cancelled and queued, then 1 step/s again from the resume at t=700
+    series = Series()
+    for step in range(1, 101):
+        series.append(step, 1.0, time=float(step))
+    for step in range(101, 111):
+        series.append(step, 1.0, time=700.0 + (step - 100))
+    assert recent_pace(series, total_steps=1000).steps_per_s < 0.1  # what the window across the gap says
+    pace = recent_pace(series, total_steps=1000, since=700.0)
+    assert pace.steps_per_s == pytest.approx(1.0)
+    assert pace.seconds_left == pytest.approx(890.0)
+    assert recent_pace(series, total_steps=1000, since=710.5) is None  # one report since: no pace yet
+
+
 def test_series_set_reads_each_row_once():
     class Row:
         def __init__(self, id, step, name, value):

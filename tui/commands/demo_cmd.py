@@ -108,7 +108,7 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
             time.sleep(POLL_SECONDS)
     if run.state != "completed":
         raise CliError(f"the demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}", run.advice, exit_code=1)
-    out.print(f"[green]the demo run completed[/] in {run.duration:.0f} s; best eval loss {run.best_eval_loss}")
+    out.print(f"[green]the demo run completed[/] in {run.running_time():.0f} s; best eval loss {run.best_eval_loss}")
     comparison = compare_on_training_question(ws, run_id)
     if as_json:
         print(json.dumps(comparison, ensure_ascii=False))

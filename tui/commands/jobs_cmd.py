@@ -138,7 +138,7 @@ def _ls(args: argparse.Namespace) -> int:
         for run in shown:
             name = run.name if run.kind == "train" else f"{run.name} [dim]({run.kind})[/]"
             table.add_row(run.id, name, _state(run.state), _progress(run), _number(run.last_loss),
-                          _number(run.best_eval_loss), str(run.findings or ""), _duration(run.duration))
+                          _number(run.best_eval_loss), str(run.findings or ""), _duration(run.running_time()))
         out.print(table)
         if len(shown) < len(runs):
             out.print(f"[dim]{len(runs) - len(shown)} older runs not shown (--limit 0 shows all)[/]")
@@ -158,7 +158,7 @@ def _show(args: argparse.Namespace) -> int:
     fields = [
         ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.created_at))),
         ("started", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started_at)) if run.started_at else ""),
-        ("duration", _duration(run.duration)),
+        ("duration", _duration(run.running_time())),
         ("attempt", str(run.attempt) if run.attempt > 1 else ""),
         ("priority", str(run.priority) if run.priority else ""),
         ("progress", _progress(run) + (f" ({run.progress:.0%})" if run.progress is not None else "")),

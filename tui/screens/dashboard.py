@@ -190,7 +190,7 @@ class DashboardScreen(PolledScreen):
         elif run.state not in fmt.ACTIVE_STATES:
             bar.update(total=1, progress=1 if run.state == "completed" else 0)  # no endless "busy" animation
         now = self.app.backend.clock()
-        elapsed = fmt.elapsed(run, now)
+        elapsed = run.running_time(now)
         text = f"step {run.step}/{run.total_steps or '?'}"
         if run.state == "running":
             pace = update.pace

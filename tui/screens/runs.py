@@ -161,7 +161,7 @@ class RunsScreen(PolledScreen):
         if run is None:
             self.notify("No run selected.", severity="warning")
             return
-        elapsed = fmt.elapsed(run, self.app.overview.now) if self.app.overview else None
+        elapsed = run.running_time(self.app.overview.now) if self.app.overview else None
         question = Content.from_markup(
             "Delete [b]$name[/] ($state, $elapsed) with its folder, checkpoints and metrics?\nThis cannot be undone.",
             name=run.name, state=run.state, elapsed=fmt.duration(elapsed))

@@ -100,7 +100,7 @@ class RunsTable(DataTable):
         fraction = (run.step / total) if total else (1.0 if run.state == "completed" else None)
         percent = f"{fraction * 100:3.0f}%" if fraction is not None else "  —"
         progress = Text(f"{fmt.bar(fraction, 8)} {percent}", style=colours["accent"] if run.state == "running" else "")
-        elapsed = fmt.elapsed(run, now)
+        elapsed = run.running_time(now)
         eta = fmt.eta(run.step, total, elapsed) if run.state == "running" else None
         step = f"{run.step}/{total}" if total else (str(run.step) if run.step else "—")
         findings = Text(f"⚑{run.findings}", style=f"bold {colours['warning']}") if run.findings else Text("")
