@@ -113,8 +113,10 @@ def submit(workspace, preset, *, name: str | None = None, priority: int = 0, ove
     hook: training waits after step N (its logging and checkpoint done) until a stop is asked for,
     so that a cancel, a SIGTERM or a kill lands at a known step.
     """
-    from presets import dump_preset
+    from presets import check_name, dump_preset
 
+    if name is not None:
+        check_name(name, "run name")  # before anything is written
     ws = _ws(workspace).ensure()
     store = open_store(ws)
     frozen = freeze_preset(ws, preset, overrides, store)

@@ -7,6 +7,7 @@ from presets.loader import (
     PresetError,
     apply_overrides,
     builtin_names,
+    check_name,
     dump_preset,
     find_preset_file,
     load_preset,
@@ -19,6 +20,6 @@ from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
 
 __all__ = [
     "EvalPreset", "MergePreset", "Preset", "PresetError", "Problem", "TrainPreset",
-    "TunebenchError", "apply_overrides", "builtin_names", "dump_preset", "find_preset_file", "load_preset",
+    "TunebenchError", "apply_overrides", "builtin_names", "check_name", "dump_preset", "find_preset_file", "load_preset",
     "load_preset_text", "resolve_paths", "save_user_preset", "validate_preset",
 ]

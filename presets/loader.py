@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from presets.errors import TunebenchError
+from presets.other_tools import KEYS_FROM_OTHER_TOOLS
 from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
 
 _PRESET_ADAPTER = TypeAdapter(Preset)
@@ -72,14 +73,83 @@ def _key_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that records every key given twice in one mapping; PyYAML would keep the last
+    silently, so a second `training:` block would replace the first without a word."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.duplicates: list[Problem] = []
+        self._root = None
+
+    def construct_document(self, node):
+        self._root = node
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_key_node: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # keys merged in with `<<: *anchor` may be overridden: that is what merging is for
+                try:
+                    first = first_key_node.setdefault(self.construct_object(key_node, deep=deep), key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader reports it itself
+                if first is not key_node:
+                    self.duplicates.append(self._duplicate(node, first, key_node))
+        return super().construct_mapping(node, deep=deep)
+
+    def _duplicate(self, mapping, first, again) -> Problem:
+        first_line, again_line = first.start_mark.line + 1, again.start_mark.line + 1
+        where = f"lines {first_line} and {again_line}" if first_line != again_line else f"both on line {first_line}"
+        path = ".".join(str(p) for p in (*_node_path(self._root, mapping), again.value))
+        return Problem(path, f"key appears twice ({where}); keep one", again_line)
+
+
+def _node_path(root, target) -> tuple:
+    """Key path from the document's root node to `target`, a node inside it."""
+    visited: set[int] = set()  # an alias can make the node graph cyclic
+
+    def search(node, path):
+        if node is target:
+            return path
+        if id(node) in visited:
+            return None
+        visited.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [(key.value, value) for key, value in node.value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(enumerate(node.value))
+        else:
+            return None
+        for step, child in children:
+            found = search(child, path + (step,))
+            if found is not None:
+                return found
+        return None
+
+    return search(root, ()) or ()
+
+
+def _load_unique_keys(text: str):
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data(), loader.duplicates
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, source: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data, duplicates = _load_unique_keys(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise PresetError(source, [Problem("", f"invalid YAML: {problem}", line)]) from None
+    if duplicates:
+        raise PresetError(source, sorted(duplicates, key=lambda p: p.line))
     if data is None:
         raise PresetError(source, [Problem("", "the preset is empty")])
     if not isinstance(data, dict):
@@ -115,10 +185,29 @@ def _section_model(kind_model: type[BaseModel], path: tuple) -> type[BaseModel] 
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
+def _has_key(model: type[BaseModel], dotted: str) -> bool:
+    *sections, last = dotted.split(".")
+    section = _section_model(model, tuple(sections))
+    return section is not None and any(last in (name, field.alias) for name, field in section.model_fields.items())
+
+
+def _our_name_for(key: str, kind_model: type[BaseModel] | None, path: tuple) -> str | None:
+    """Our key path for a name another tool uses (presets/other_tools.py), when this kind of preset has it."""
+    ours = KEYS_FROM_OTHER_TOOLS.get(key)
+    if ours is None or kind_model is None or ours == ".".join(map(str, path)) or not _has_key(kind_model, ours):
+        return None
+    return ours
+
+
 def _message(error: dict, kind_model: type[BaseModel] | None, path: tuple) -> str:
     kind = error["type"]
     value = error.get("input")
     if kind == "extra_forbidden":
+        ours = _our_name_for(str(path[-1]), kind_model, path)
+        if ours is not None:
+            if ours.rsplit(".", 1)[-1] == str(path[-1]):
+                return f"unknown key here; it belongs at {ours}"
+            return f"unknown key; tunebench calls it {ours}"
         section = _section_model(kind_model, path[:-1]) if kind_model else None
         names = list(section.model_fields) if section else []
         aliases = [f.alias for f in section.model_fields.values() if f.alias] if section else []
@@ -213,6 +302,39 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
 
 # --------------------------------------------------------------------------- files and names
 
+NAME_MAX_LENGTH = 64
+NAME_RULE = f"use 1 to {NAME_MAX_LENGTH} ASCII letters, digits, '-', '_' or '.', starting with a letter, digit or '_'"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def check_name(name: str, what: str = "preset name") -> str:
+    """Refuse a name that cannot safely become a file name (a preset's, a run's); return it unchanged.
+
+    A preset name becomes <workspace>/presets/<name>.yaml, so a separator or a leading dot would
+    write outside that folder or hide the file."""
+    reasons = []
+    if not name:
+        reasons.append("it is empty")
+    if len(name) > NAME_MAX_LENGTH:
+        reasons.append(f"it is {len(name)} characters long; the limit is {NAME_MAX_LENGTH}")
+    if "/" in name or "\\" in name or os.sep in name:
+        reasons.append("it holds a path separator: a name is a file name, not a path")
+    if name.startswith("."):
+        reasons.append("it starts with a dot (a hidden file, or a step up the folder tree)")
+    elif name.startswith("-"):
+        reasons.append("it starts with '-', which reads as an option on the command line")
+    if not name.isprintable():
+        reasons.append("it holds a control character")
+    others = sorted({c for c in name if c not in _NAME_CHARS and c.isprintable() and c not in "/\\"})
+    if others:
+        reasons.append("it holds " + " ".join(repr(c) for c in others) + ", which a name may not")
+    if name.lower().endswith((".yaml", ".yml")):
+        reasons.append("it ends in a YAML suffix, which tunebench adds itself")
+    if reasons:
+        shown = name if len(name) <= NAME_MAX_LENGTH else name[:NAME_MAX_LENGTH] + "…"
+        raise PresetError(f"{what} {shown!r}", [Problem("", reason) for reason in reasons], advice=NAME_RULE)
+    return name
+
 
 def builtin_dir() -> Path:
     return Path(str(resources.files("presets") / "builtin"))
@@ -275,6 +397,7 @@ def dump_preset(preset) -> str:
 
 def save_user_preset(workspace: str | os.PathLike, name: str, text: str) -> Path:
     """Validate, then write atomically so a failed save never leaves a half-written preset."""
+    check_name(name)
     load_preset_text(text, name)
     target = user_dir(workspace) / f"{name}.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,9 @@ class RoleTags(Section):
     observation: str = Field("observation", description="role value of tool results")
 
 
+MAX_LENGTH_LIMIT = 1_048_576  # data.max_length above this is refused as a typo
+
+
 class DataConfig(Section):
     train_files: list[str] = Field(..., min_length=1, description="json, jsonl, csv or parquet files, or a hub dataset id")
     format: Literal[("auto", *DATA_FORMATS)] = Field("auto", description="row format; auto detects it from the first rows")
@@ -185,6 +188,17 @@ class DataConfig(Section):
     def _listify(cls, value):
         return _as_list(value)
 
+    @field_validator("max_length")
+    @classmethod
+    def _plausible_max_length(cls, value):
+        # The schema cannot know the model's context length; past 2^20 tokens it is surely a typo.
+        if value > MAX_LENGTH_LIMIT:
+            raise ValueError(
+                f"{value:,} tokens per sample is surely a mistake (the limit here is {MAX_LENGTH_LIMIT:,}): "
+                "set it to at most the model's context length (max_position_embeddings in its config.json)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_validation_source(self):
         if self.val_files and self.val_ratio:
@@ -200,7 +214,7 @@ class TrainingConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="optimizer steps to train; overrides epochs")
     batch_size: int = Field(4, ge=1, description="samples per device per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    lr: float = Field(2e-4, ge=0, description="peak learning rate")
+    lr: float = Field(2e-4, description="peak learning rate")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = Field(
         "cosine", description="learning-rate schedule after warmup"
     )
@@ -224,6 +238,15 @@ class TrainingConfig(Section):
     neftune_noise_alpha: float | None = Field(
         None, gt=0, description="NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden) on the input embeddings while training (5 is usual); null = off"
     )
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_moves_the_weights(cls, value):
+        if value == 0:
+            raise ValueError("a learning rate of zero trains nothing: the weights never move; use a positive value such as 2e-4")
+        if not value > 0:
+            raise ValueError(f"a learning rate must be above zero, not {value} (zero trains nothing, a negative one climbs the loss); use e.g. 2e-4")
+        return value
 
 
 class DoctorConfig(Section):

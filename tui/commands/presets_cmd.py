@@ -65,14 +65,17 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _copy(args: argparse.Namespace) -> int:
-    from presets import find_preset_file
+    from presets import check_name, find_preset_file, load_preset_text
     from presets.loader import read_text, save_user_preset, user_dir
 
+    check_name(args.name)
     root = workspace(args).root
     target = user_dir(root) / f"{args.name}.yaml"
     if target.exists():
         raise CliError(f"{target} exists already; pick another name")
-    text = read_text(find_preset_file(args.source, root))
+    source = find_preset_file(args.source, root)
+    text = read_text(source)
+    load_preset_text(text, str(source))  # so that problems name the file they are in, not the copy
     lines = [f"name: {args.name}" if line.startswith("name:") else line for line in text.splitlines()]
     path = save_user_preset(root, args.name, "\n".join(lines) + "\n")
     console().print(f"wrote {path}")

@@ -129,6 +129,10 @@ def _run_dir(args: argparse.Namespace, preset_name: str) -> Path:
             return resume.parent.parent
         if (resume / "checkpoints").is_dir():
             return resume
+    from presets import check_name
+
+    # The preset's `name:` becomes a folder name here, so it must not step out of runs/.
+    check_name(preset_name, "preset name (its name: key, used for the run folder)")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return workspace(args).runs_dir / f"{preset_name}-{stamp}"
 
