@@ -15,7 +15,12 @@ all of its GPU memory is released. The engine itself never imports torch.
 "Is an engine running?" is answered by an flock on `engine.lock`, which the kernel releases however
 the engine dies, so a stale pid file never fools it. At start, runs left `running` by an engine
 that died are marked `interrupted` (with their last checkpoint), and queued runs whose task the
-dead engine had taken off the queue are enqueued again.
+dead engine had taken off the queue are enqueued again. The same happens whenever the consumer
+refuses a queue entry (not tunebench's JSON, see jobs/queue.py): nothing runs from it, and a queued
+run it may have stood for is not left waiting.
+
+engine.log (the detached engine's stdout and stderr) is rotated at each start once it passes
+LOG_MAX_BYTES: engine.log.1 … engine.log.LOG_BACKUPS keep the older ones.
 """
 
 from __future__ import annotations
@@ -35,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.gpus import GpuRequestError, GpuScheduler, cuda_visible_devices, gpus_needed
-from jobs.queue import JobQueue, consumer_options
+from jobs.queue import JobQueue, QueueMessageError, consumer_options
 from jobs.store import Store, open_store
-from jobs.workspace import Workspace, resolve_workspace
+from jobs.workspace import PRIVATE_UMASK, Workspace, exposure_warning, resolve_workspace
 from presets.errors import TunebenchError
 
 log = logging.getLogger("tunebench.engine")
@@ -50,6 +55,8 @@ JOB_STOP_TIMEOUT = 600.0
 # SIGTERM, SIGINT and SIGHUP all stop the engine once the running jobs have checkpointed.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 HEALTH_CHECK_S = 5.0  # how often dead Huey worker threads are replaced
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
 
 
 class EngineProcessError(TunebenchError):
@@ -171,6 +178,7 @@ def start_engine(ws: Workspace, *, timeout: float = START_TIMEOUT) -> EngineStat
     if status.running:
         return status
     command, env = python_module("jobs.engine_process", "run", "--workspace", str(ws.root))
+    rotate_log(ws.engine_log, LOG_MAX_BYTES, LOG_BACKUPS)
     with open(ws.engine_log, "ab") as log_file:
         # Its own session: no controlling terminal, so closing the SSH session sends it no SIGHUP.
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -206,6 +214,31 @@ def stop_engine(ws: Workspace, *, timeout: float = JOB_STOP_TIMEOUT) -> bool:
             return True
         time.sleep(0.05)
     raise EngineProcessError(f"the engine (pid {pid}) is still stopping after {timeout:.0f} s; see {ws.engine_log}")
+
+
+def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS) -> bool:
+    """If `path` is over `max_bytes`, move it to path.1 (path.1 to path.2, …; the oldest beyond
+    `backups` is dropped). True if it was rotated.
+
+    Only before the engine opens it: a running engine would go on writing to the moved file.
+    """
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if backups < 1:
+        path.unlink(missing_ok=True)
+        return True
+
+    def backup(index: int) -> Path:
+        return path.with_name(f"{path.name}.{index}")
+
+    for index in range(backups - 1, 0, -1):
+        if backup(index).exists():
+            os.replace(backup(index), backup(index + 1))  # replaces (drops) the oldest
+    os.replace(path, backup(1))
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -257,13 +290,14 @@ class Engine:
     def __init__(self, ws: Workspace):
         self.ws = ws.ensure()
         self.store = open_store(ws)
-        self.queue = JobQueue(ws, executor=self.execute)
+        self.queue = JobQueue(ws, executor=self.execute, on_refused=self._entry_refused)
         self.gpus = visible_gpus()
         self.scheduler = GpuScheduler(self.gpus, cpu_slots=1)
         self.workers = max(1, len(self.gpus))
         self.stopping = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
         self._children_lock = threading.Lock()
+        self._in_hand: set[str] = set()  # runs some worker thread is executing (under _children_lock)
         self._lock_fd: int | None = None
         self._replaced_checked = 0.0
 
@@ -271,7 +305,7 @@ class Engine:
 
     def acquire(self, wait: float = 3.0) -> bool:
         """Take the workspace's engine lock (a status probe may hold it for a moment)."""
-        fd = os.open(_lock_path(self.ws), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(_lock_path(self.ws), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + wait
         while True:
             try:
@@ -316,6 +350,9 @@ class Engine:
         try:
             log.info("engine %s for %s on %s", os.getpid(), self.ws.root,
                      ", ".join(f"GPU {g}" for g in self.gpus) if self.gpus else "CPU")
+            warning = exposure_warning(self.ws)
+            if warning:
+                log.warning("%s", warning)
             self.recover()
             self.consume()
             log.info("engine stopped")
@@ -335,16 +372,31 @@ class Engine:
             run = self.store.get_run(run.id)
             if run is not None and run.state == "running":
                 self._mark_interrupted(run.id, "the engine stopped while this run was running")
-        pending = set(self.queue.pending_run_ids())
-        for run in reversed(self.store.queued_runs()):
-            if run.id not in pending:
-                log.info("run %s: queued but not in the queue (taken by a stopped engine); enqueued again", run.id)
-                self.queue.enqueue(run.id, run.priority)
+        self._requeue_lost_runs("taken by a stopped engine, or its entry was unreadable")
         from jobs.checkpoints import repair_workspace
 
         # A checkpoint delete cut short by a crash is finished (or rolled back) before any job runs.
         for note in repair_workspace(self.ws):
             log.info("checkpoint repair: %s", note)
+
+    def _requeue_lost_runs(self, why: str) -> None:
+        """Enqueue again the runs the store holds `queued` that are neither in the queue nor in hand."""
+        pending = set(self.queue.pending_run_ids())
+        with self._children_lock:
+            in_hand = set(self._in_hand)
+        for run in reversed(self.store.queued_runs()):
+            if run.id not in pending and run.id not in in_hand:
+                log.info("run %s: queued but not in the queue (%s); enqueued again", run.id, why)
+                self.queue.enqueue(run.id, run.priority)
+
+    def _entry_refused(self, error: QueueMessageError) -> None:
+        """The consumer took an entry off the queue and refused it (the queue logged it; nothing ran).
+        It may have been a run's only entry (a queue.db row written by an older tunebench, or
+        damaged): such a run is enqueued again rather than left waiting for ever."""
+        try:
+            self._requeue_lost_runs(f"its entry was refused{f' (it named {error.run_id})' if error.run_id else ''}")
+        except Exception:
+            log.exception("could not look for runs a refused queue entry left stranded")
 
     def _terminate(self, pid: int, run_id: str) -> None:
         try:
@@ -380,6 +432,18 @@ class Engine:
 
     def execute(self, run_id: str) -> None:
         """The body of the Huey task: get the run its GPUs, claim it, run its job process to the end."""
+        with self._children_lock:
+            if run_id in self._in_hand:  # a second entry for the same run (re-enqueued while taken)
+                log.info("run %s: already in hand; its duplicate queue entry skipped", run_id)
+                return
+            self._in_hand.add(run_id)
+        try:
+            self._execute(run_id)
+        finally:
+            with self._children_lock:
+                self._in_hand.discard(run_id)
+
+    def _execute(self, run_id: str) -> None:
         run = self.store.get_run(run_id)
         if run is None or run.state != "queued":
             log.info("run %s: %s; skipped", run_id, "removed" if run is None else run.state)
@@ -553,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["run"])
     parser.add_argument("--workspace", "-w")
     args = parser.parse_args(argv)
+    os.umask(PRIVATE_UMASK)  # everything the engine writes is its owner's alone (see jobs/workspace.py)
     return run_engine(resolve_workspace(args.workspace))
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module registers its verbs (see tui/commands/__init__.py).
@@ -54,8 +55,30 @@ def _accept_workspace_after_verb(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.workspace import PRIVATE_UMASK
+
+    # Whatever this process writes (workspace databases with their -wal/-shm files, logs, presets,
+    # checkpoints, the engine it starts) is its owner's alone; see jobs/workspace.py. Restored on
+    # return for callers that run main() in-process (the tests).
+    previous_umask = os.umask(PRIVATE_UMASK)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(previous_umask)
+
+
+def _warn_if_exposed(workspace_arg: str | None) -> None:
+    from jobs.workspace import exposure_warning, resolve_workspace
+
+    warning = exposure_warning(resolve_workspace(workspace_arg))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _warn_if_exposed(args.workspace)
     if args.verb is None:
         from tui.app import run_app
 
