@@ -214,3 +214,20 @@ def test_feed_reads_only_new_rows(workspace):
     figures = dict(third.figures)
     assert figures["trainable"] == "98.3k / 1.2M (8.3%)"
     assert figures["best eval"].endswith("@ step 100")
+
+
+@pytest.mark.parametrize("name", ["café", "../evil", ".hidden", "a" * 65, "mine.yaml"])
+def test_the_name_dialog_refuses_what_the_cli_refuses(name):
+    from presets.loader import PresetError, check_name
+
+    from tui.screens.modals import name_problem
+
+    with pytest.raises(PresetError):
+        check_name(name)
+    assert name_problem(name)
+
+
+def test_the_name_dialog_takes_a_good_name():
+    from tui.screens.modals import name_problem
+
+    assert name_problem("my-demo_v2.1") is None and name_problem("") == "type a name"

@@ -107,10 +107,15 @@ class NameScreen(ModalScreen[str | None]):
 
 
 def name_problem(name: str) -> str | None:
+    """What is wrong with a name the user typed, by the rule the CLI and the store apply."""
+    from presets.loader import NAME_RULE, PresetError, check_name  # the preset machinery: loaded on first use
+
     if not name:
         return "type a name"
-    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        return "use letters, digits, '-', '_' and '.' only"
+    try:
+        check_name(name)
+    except PresetError as exc:
+        return f"{exc.problems[0].message} — {NAME_RULE}"
     return None
 
 
