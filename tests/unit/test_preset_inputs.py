@@ -94,6 +94,16 @@ def test_train_refuses_a_preset_name_that_would_leave_the_runs_folder(cli, tmp_p
     assert_refused_and_nothing_written(cli, tmp_path, ["train", str(source)], ["'../../escape'", "path separator"])
 
 
+def test_train_refuses_an_output_that_is_a_file(cli, tmp_path):
+    source = tmp_path / "good.yaml"
+    source.write_text(BASE, encoding="utf-8")
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine\n")
+    assert_refused_and_nothing_written(cli, tmp_path, ["train", str(source), "--output", str(taken)],
+                                       [f"--output {taken} is a file", "give a new or existing folder"])
+    assert taken.read_text() == "mine\n"
+
+
 def test_save_user_preset_refuses_a_bad_name_before_writing(tmp_path):
     with pytest.raises(PresetError, match="path separator"):
         save_user_preset(tmp_path / "ws", "../evil", BASE)

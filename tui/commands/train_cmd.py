@@ -122,7 +122,11 @@ def _progress(out):
 
 def _run_dir(args: argparse.Namespace, preset_name: str) -> Path:
     if args.output:
-        return Path(args.output).expanduser().resolve()
+        output = Path(args.output).expanduser().resolve()
+        if output.exists() and not output.is_dir():
+            raise CliError(f"--output {output} is a file, not a folder",
+                           "give a new or existing folder for the run (its checkpoints and result go there)")
+        return output
     if args.resume:  # carry on in the run the checkpoint belongs to
         resume = Path(args.resume).expanduser().resolve()
         if resume.parent.name == "checkpoints":
