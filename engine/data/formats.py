@@ -7,11 +7,14 @@ adding a format is a row there (its name in presets.schema.DATA_FORMATS), its fu
 Every chat format (alpaca, sharegpt, messages) becomes a list of messages with the roles
 system / user / assistant / tool, plus optional tool definitions; the text format becomes a string.
 A row that cannot be used is skipped with a short reason (counted in the report); a mapping that
-names a column no row has is a DataError naming the column and the file.
+names a column no row has is a DataError naming the key, the column, the file and the closest
+column. Detection reads the leading rows only, so normalisation checks the shape of every row it
+cannot use: a row shaped as another format (a mixed file) is a DataError, not a silent skip.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,10 +56,11 @@ class RowSkip(Exception):
 
 
 def turns_column(raw: RawRows, columns: ColumnMap) -> str | None:
-    names = raw.columns()
     if columns.conversations:
-        return columns.conversations if columns.conversations in names else None
-    return next((name for name in TURN_COLUMNS if name in names), None)
+        return columns.conversations if columns.conversations in raw.columns() else None
+    # The first row that has a turns column decides, as in detection: in a file mixing
+    # `messages` and `conversations` rows, the other rows are then refused as a mixed file.
+    return next((name for row in raw.rows for name in TURN_COLUMNS if name in row), None)
 
 
 def _first_turn(head: RawRows, columns: ColumnMap) -> tuple[str | None, dict | None]:
@@ -123,6 +127,7 @@ def detect_format(raw: RawRows, data: DataConfig) -> tuple[str, str]:
         if how is not None:
             check_columns(raw, name, data)
             return name, how
+    _check_renamed_columns(raw, data)
     raise DataError(
         f"{raw.source}: cannot tell the data format from its columns {sorted(head.columns())}",
         "expected alpaca (instruction, output), sharegpt/messages (conversations or messages: a list of turns) or "
@@ -137,48 +142,211 @@ def check_columns(raw: RawRows, fmt: str, data: DataConfig) -> None:
     row_format = FORMATS.get(fmt)
     if row_format is None:
         raise DataError(f"unknown data format {fmt!r}", f"use one of {', '.join(DATA_FORMATS)} or auto")
-
-    def missing(column: str, key: str, why: str) -> DataError:
-        return DataError(
-            f"{raw.source}: column {column!r} (data.columns.{key}, {why}) is not in the file; its columns are {sorted(names)}",
-            f"set data.columns.{key} to the column that holds it, or data.format to the right format",
-        )
-
     for key, why in row_format.required.items():
         if getattr(columns, key) not in names:
-            raise missing(getattr(columns, key), key, why)
+            raise missing_column(raw, data, key, why)
     if row_format.turns is not None and turns_column(raw, columns) is None:
         if columns.conversations:
-            raise missing(columns.conversations, "conversations", f"the {fmt} turns")
+            raise missing_column(raw, data, "conversations", f"the {fmt} turns")
         raise DataError(
             f"{raw.source}: no 'conversations' or 'messages' column for the {fmt} format; its columns are {sorted(names)}",
             "set data.columns.conversations to the column that holds the list of turns",
         )
     for key in row_format.optional:
         if getattr(columns, key) != getattr(_DEFAULT_COLUMNS, key) and getattr(columns, key) not in names:
-            raise missing(getattr(columns, key), key, "mapped in the preset")
+            raise missing_column(raw, data, key, _column_role(key))
+
+
+def _check_renamed_columns(raw: RawRows, data: DataConfig) -> None:
+    """No format was detected: a renamed column that is missing is the likely cause, so name its key."""
+    names = raw.columns()
+    for key in ColumnMap.model_fields:
+        column = getattr(data.columns, key)
+        if column is not None and column != getattr(_DEFAULT_COLUMNS, key) and column not in names:
+            raise missing_column(raw, data, key, _column_role(key))
+
+
+def _column_role(key: str) -> str:
+    """What the column holds, from the schema (e.g. "alpaca: the answer column")."""
+    return ColumnMap.model_fields[key].description or "mapped in the preset"
+
+
+def missing_column(raw: RawRows, data: DataConfig, key: str, why: str) -> DataError:
+    """data.columns.<key> names a column the file lacks: name the key, the columns, the closest one."""
+    names = raw.columns()
+    column = getattr(data.columns, key)
+    closest = _closest_column(column, key, names, data)
+    default = getattr(_DEFAULT_COLUMNS, key)
+    if closest is None:
+        hint, advice = "", f"add a {column!r} column to the file, or remove data.columns.{key} from the preset"
+    elif closest == default or (key == "conversations" and closest in TURN_COLUMNS):
+        hint = f"; it has the default column {closest!r}"
+        advice = f"remove data.columns.{key} from the preset to use {closest!r}, or set it to the column that holds it"
+    else:
+        hint = f"; the closest is {closest!r}"
+        advice = f"set data.columns.{key}: {closest} if that column holds it, or name the column that does"
+    return DataError(
+        f"{raw.source}: column {column!r} (data.columns.{key}, {why}) is not in the file; "
+        f"its columns are {sorted(names)}{hint}",
+        advice + "; or set data.format to the file's format",
+    )
+
+
+def _closest_column(column: str, key: str, names: set[str], data: DataConfig) -> str | None:
+    """The column most like the missing one, else the key's default name, else the most similar
+    column that no other key uses."""
+    ordered = sorted(names)
+    close = difflib.get_close_matches(column, ordered, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    defaults = TURN_COLUMNS if key == "conversations" else (getattr(_DEFAULT_COLUMNS, key),)
+    present = [name for name in defaults if name in names]
+    if present:
+        return present[0]
+    used = {getattr(data.columns, other) for other in ColumnMap.model_fields if other != key} | set(TURN_COLUMNS)
+    free = [name for name in ordered if name not in used]
+    close = difflib.get_close_matches(column, free, n=1, cutoff=0.0)
+    return close[0] if close else None
 
 
 # --------------------------------------------------------------------------- normalisation
 
 
 def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], dict[str, int]]:
-    """Usable samples in file order, and the count of skipped rows by reason."""
+    """Usable samples in file order, and the count of skipped rows by reason.
+
+    A row skipped because it is shaped as another format (or keeps its turns in another column)
+    makes the file a mixed one: a DataError naming the first row of each shape. Only skipped rows
+    are examined, so a clean file costs nothing more."""
     row_format = FORMATS[fmt]
     samples: list[Sample] = []
     skipped: dict[str, int] = {}
+    foreign: dict[tuple[str, str], _Shaped] = {}  # (format, shape label) -> rows of that shape
     turns = turns_column(raw, data.columns) if row_format.turns is not None else None
     roles = _role_map(data.tags)
-    for row, where in zip(raw.rows, raw.where):
+    for number, (row, where) in enumerate(zip(raw.rows, raw.where), start=1):
         try:
             sample = row_format.normalise(row, where, data, fmt=fmt, turns=turns, roles=roles)
             if row_format.chat:
                 _finish_conversation(sample, row, data)
         except RowSkip as skip:
+            shape = _foreign_shape(row, fmt, data, turns)
+            if shape is not None:
+                foreign.setdefault(shape, _Shaped(where)).numbers.append(number)
+                continue
             skipped[skip.reason] = skipped.get(skip.reason, 0) + 1
             continue
         samples.append(sample)
+    if foreign:
+        raise _mixed_formats(raw, fmt, data, turns, foreign)
     return samples, skipped
+
+
+# --------------------------------------------------------------------------- mixed files
+
+
+@dataclass
+class _Shaped:
+    first_where: str
+    numbers: list[int] = field(default_factory=list)  # 1-based row numbers
+
+
+def _filled(value) -> bool:
+    if isinstance(value, str):
+        return bool(value.strip())
+    return value is not None and value != [] and value != {}
+
+
+def _first_turn_of(value) -> dict | None:
+    if isinstance(value, str) and value.lstrip().startswith("["):  # CSV cells hold turns as JSON text
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(value, list):
+        return next((turn for turn in value if isinstance(turn, dict)), None)
+    return None
+
+
+def _turn_keys(fmt: str, data: DataConfig) -> tuple[str, str]:
+    keys = FORMATS[fmt].turns
+    return data.tags.role_key or keys.role_key, data.tags.content_key or keys.content_key
+
+
+def _shape_label(fmt: str, data: DataConfig, turns: str | None) -> str:
+    """How a row of this format looks, e.g. "instruction/output" or "'conversations': from/value turns"."""
+    row_format = FORMATS[fmt]
+    if row_format.turns is not None:
+        role_key, content_key = _turn_keys(fmt, data)
+        return f"{turns!r}: {role_key}/{content_key} turns"
+    return "/".join(getattr(data.columns, key) for key in row_format.required)
+
+
+def _shape(row: dict, fmt: str, data: DataConfig) -> str | None:
+    """The shape label when the row is plainly of this format (default turn keys), else None."""
+    row_format = FORMATS[fmt]
+    if row_format.turns is None:
+        filled = all(_filled(row.get(getattr(data.columns, key))) for key in row_format.required)
+        return _shape_label(fmt, data, None) if filled else None
+    column = data.columns.conversations or next((name for name in TURN_COLUMNS if name in row), None)
+    first = _first_turn_of(row.get(column)) if column else None
+    keys = row_format.turns
+    if first is None or keys.role_key not in first or keys.content_key not in first:
+        return None
+    return f"{column!r}: {keys.role_key}/{keys.content_key} turns"
+
+
+def _foreign_shape(row: dict, fmt: str, data: DataConfig, turns: str | None) -> tuple[str, str] | None:
+    """(format, shape) of a skipped row that holds none of the detected format's data but another's."""
+    row_format = FORMATS[fmt]
+    if row_format.turns is not None:
+        if _filled(row.get(turns)):
+            return None  # its turns are where they should be: skipped for its content, not its shape
+    elif any(_filled(row.get(getattr(data.columns, key))) for key in row_format.required):
+        return None
+    for name in FORMATS:
+        label = _shape(row, name, data)
+        if label is not None:
+            return name, label
+    return None
+
+
+def _span(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"row {numbers[0]} is"
+    if numbers[-1] - numbers[0] + 1 == len(numbers):
+        return f"rows {numbers[0]}-{numbers[-1]} are"
+    return f"{len(numbers)} rows between row {numbers[0]} and row {numbers[-1]} are"
+
+
+def _place(where: str, source: str) -> str:
+    """"line 11" (or "row 11") in the file the message names already; the full place otherwise."""
+    if where.startswith(source + ":"):
+        return f"line {where[len(source) + 1 :]}"
+    if where.startswith(source + " "):
+        return where[len(source) + 1 :]
+    return where
+
+
+def _mixed_formats(raw: RawRows, fmt: str, data: DataConfig, turns: str | None,
+                   foreign: dict[tuple[str, str], _Shaped]) -> DataError:
+    # The error path only: a second pass over the row numbers is fine here.
+    taken = {number for shaped in foreign.values() for number in shaped.numbers}
+    own = [number for number in range(1, len(raw.rows) + 1) if number not in taken]
+    own_part = f"{_span(own)} {fmt} ({_shape_label(fmt, data, turns)})" if own else f"no row is {fmt}"
+    other_parts = [f"{_span(shaped.numbers)} {name} ({label})" for (name, label), shaped in foreign.items()]
+    # A format met in two shapes (turns in two columns) is named with its shape.
+    named = [name for name, _ in foreign] + [fmt]
+    firsts = [f"the first {fmt} row is {_place(raw.where[own[0] - 1], raw.source)}"] if own else []
+    firsts += [f"the first {name if named.count(name) == 1 else f'{name} ({label})'} row is "
+               f"{_place(shaped.first_where, raw.source)}" for (name, label), shaped in foreign.items()]
+    chosen = "set in data.format" if data.format != "auto" else "detected from the first rows"
+    return DataError(
+        f"{raw.source}: mixed formats: {own_part} but {' and '.join(other_parts)}; {', '.join(firsts)} "
+        f"({fmt} was {chosen}; the other rows would be dropped)",
+        "split the file into one file per format, or convert one part to the other's format; then list each file "
+        "in data.train_files (or data.val_files): each file's format is detected on its own",
+    )
 
 
 def _text_value(value, what: str) -> str:

@@ -3,7 +3,9 @@
 Local text formats are parsed here rather than through `datasets` so that every problem names
 the file and the line (a pyarrow schema error names neither), and so that rows whose columns vary
 in type (a `tools` column that is sometimes a string, sometimes a list) load as they are.
-Parquet files and hub ids go through `datasets`.
+Parquet files are read with pyarrow itself: `datasets` would log its own "Failed to read schema"
+line to stderr ahead of our error, show a progress bar and copy the file into its cache. Hub ids
+go through `datasets`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def read_source(spec: str, *, hub_split: str = "train") -> RawRows:
         if not files:
             raise DataError(
                 f"{path}: folder holds no data file",
-                f"put .json, .jsonl, .csv or .parquet files in it, or name the files in data.train_files",
+                "put .json, .jsonl, .csv or .parquet files in it, or name the files in data.train_files",
             )
         parts = [read_file(p) for p in files]
         return RawRows(str(path), [r for p in parts for r in p.rows], [w for p in parts for w in p.where])
@@ -72,8 +74,10 @@ def read_file(path: Path) -> RawRows:
     text = _read_utf8(path)
     if kind == "csv":
         rows, lines = _parse_csv(text, path)
-    elif kind == "jsonl" or not text.lstrip().startswith("["):
+    elif kind == "jsonl":
         rows, lines = _parse_jsonl(text, path)
+    elif not text.lstrip().startswith("["):
+        rows, lines = _parse_json_not_array(text, path)
     else:
         rows, lines = _parse_json_array(text, path)
     if not rows:
@@ -117,6 +121,44 @@ def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
         rows.append(row)
         lines.append(number)
     return rows, lines
+
+
+def _parse_json_not_array(text: str, path: Path) -> tuple[list[dict], list[int]]:
+    """A .json file that is no array: one object per line, one (pretty-printed) row, or a wrapper
+    such as {"data": [...]} that the user must unwrap."""
+    if not text.strip():
+        return [], []
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" or exc.lineno == 1:
+            return _parse_jsonl(text, path)  # JSON lines under a .json name; that parser names a bad line
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})",
+                        "fix the file: it must be one JSON array of objects, or one object per line") from None
+    if isinstance(whole, dict):
+        wrapped = _wrapped_rows(whole)
+        if wrapped is None:
+            return [whole], [_line_of(text, len(text) - len(text.lstrip()))]
+        key, rows = wrapped
+        raise DataError(
+            f"{path}:1: the file is one JSON object, not a list of rows; its key {key!r} holds a list of {len(rows)} rows",
+            f"make the file that list itself (e.g. jq '.{key}' {path.name} > rows.json), or write one object per "
+            "line as .jsonl",
+        )
+    raise DataError(
+        f"{path}:1: the file holds a JSON {type(whole).__name__}, not a list of objects",
+        'write a JSON array of objects ([{"instruction": …, "output": …}, …]) or one object per line as .jsonl',
+    )
+
+
+def _wrapped_rows(obj: dict) -> tuple[str, list] | None:
+    """The key whose value is a list of row objects, as in {"data": [{…}, …]}. An object that holds
+    a list of turns (objects with a role) is itself a sharegpt / messages row, tools and all."""
+    lists = [(key, value) for key, value in obj.items()
+             if isinstance(value, list) and value and all(isinstance(item, dict) for item in value)]
+    if any("from" in item or "role" in item for _, value in lists for item in value):
+        return None
+    return lists[0] if lists else None
 
 
 def _parse_json_array(text: str, path: Path) -> tuple[list[dict], list[int]]:
@@ -187,15 +229,24 @@ def _parse_csv(text: str, path: Path) -> tuple[list[dict], list[int]]:
 
 
 def _read_parquet(path: Path) -> list[dict]:
-    from datasets import Dataset
+    import pyarrow.parquet as pq  # a dependency of datasets
 
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty (0 bytes)", "write the parquet file again, or remove it from the preset")
     try:
-        dataset = Dataset.from_parquet(str(path))
+        with pq.ParquetFile(path) as parquet:
+            table = parquet.read()
     except Exception as exc:  # pyarrow raises many types for a broken file
-        raise DataError(f"{path}: cannot read as parquet ({exc})", "check the file is a valid parquet file") from None
-    rows = dataset.to_list()
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"{path}: cannot read as parquet ({first_line})",
+            "the file is cut short or is not parquet: copy or export it again (e.g. pandas' to_parquet), "
+            "or convert it to .jsonl",
+        ) from None
+    rows = table.to_pylist()
     if not rows:
-        raise DataError(f"{path}: the file holds no rows", "add samples to it or remove it from the preset")
+        raise DataError(f"{path}: the file holds no rows (columns {table.schema.names})",
+                        "add samples to it or remove it from the preset")
     return rows
 
 
