@@ -8,6 +8,11 @@ STOP_POLL_INTERVAL and otherwise answers from memory.
 
 DbSink implements engine.sink.Sink's interface without subclassing it: `jobs` imports `engine`
 only inside function bodies (tests/test_jobs_sink.py checks the two stay in step).
+
+The store mirrors what it records into the run folder (runs/<id>/history.jsonl, see jobs/store.py).
+Should the store become unreadable mid-run (StoreError), the sink writes its records straight to that
+file instead, so the folder keeps everything, and asks training to stop ("interrupt": a checkpoint,
+then the worker records the run in run.json alone); `tunebench store rebuild` brings it all back.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.store import Store
+from jobs.store import Store, StoreError, checkpoint_record, event_record, metric_records
 
 FLUSH_INTERVAL = 0.25
 STOP_POLL_INTERVAL = 0.25
@@ -63,6 +68,7 @@ class DbSink:
         self._stop_reason: str | None = None
         self._stop_checked = 0.0
         self.last_stop_reason: str | None = None  # what should_stop last answered, for the job's outcome
+        self.lost: StoreError | None = None  # set when the store became unreadable: records go to the folder only
         self._flusher = threading.Thread(target=self._flush_loop, name=f"db-sink-{run_id}", daemon=True)
         self._flusher.start()
 
@@ -79,19 +85,42 @@ class DbSink:
         with self._write_lock:
             with self._lock:
                 rows, self._buffer = self._buffer, []
-            if rows:
+            if not rows:
+                return
+            if self.lost is None:
                 try:
                     self.store.add_metrics(self.run_id, rows)
+                    return
+                except StoreError as exc:
+                    self._lose(exc)
                 except Exception:
                     with self._lock:  # put them back, in order, for the next attempt
                         self._buffer[:0] = rows
                     raise
+            self.store.journal(self.run_id, metric_records(rows))
+
+    def _lose(self, exc: StoreError) -> None:
+        if self.lost is None:
+            self.lost = exc
+            print(f"error: {exc}\nrun {self.run_id}: recording into its folder only, and stopping at the next "
+                  "step boundary", flush=True)
+
+    def _record(self, write, records: list[dict]) -> None:
+        """`write` to the store; once it is lost, the records go to the run folder's history.jsonl."""
+        if self.lost is None:
+            try:
+                write()
+                return
+            except StoreError as exc:
+                self._lose(exc)
+        self.store.journal(self.run_id, records)
 
     # ----------------------------------------------------------------- Sink interface
 
     def run_started(self, info: dict[str, Any]) -> None:
         total = info.get("total_steps")
-        self.store.update_run(self.run_id, info=info, **({"total_steps": int(total)} if total else {}))
+        self._record(lambda: self.store.update_run(self.run_id, info=info, **({"total_steps": int(total)} if total else {})),
+                     [{"type": "run_started", "info": info, "time": time.time()}])
         parts = [f"{key}={info[key]}" for key in ("total_steps", "method", "precision", "device", "train_samples")
                  if info.get(key) is not None]
         start = int(info.get("start_step") or 0)  # a resumed run starts at its checkpoint's step
@@ -111,30 +140,39 @@ class DbSink:
 
     def event(self, level: str, text: str, step: int | None = None) -> None:
         self.flush()
-        self.store.add_event(self.run_id, level, text, step)
+        self._record(lambda: self.store.add_event(self.run_id, level, text, step),
+                     [event_record(level, text, step, time.time())])
 
     def checkpoint(self, step: int, path: str, metrics: dict[str, float]) -> None:
         self.flush()
         clean = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-        self.store.add_checkpoint(self.run_id, step, str(path), clean, directory_size(path))
+        size = directory_size(path)
+        self._record(lambda: self.store.add_checkpoint(self.run_id, step, str(path), clean, size),
+                     [checkpoint_record(step, path, clean, size, time.time())])
         loss = clean.get("eval_loss", clean.get("loss"))
         detail = f" ({'eval_loss' if 'eval_loss' in clean else 'loss'} {loss:.4g})" if loss is not None and math.isfinite(loss) else ""
-        self.store.add_event(self.run_id, "info", f"checkpoint at step {step}{detail}", step)
+        text = f"checkpoint at step {step}{detail}"
+        self._record(lambda: self.store.add_event(self.run_id, "info", text, step),
+                     [event_record("info", text, step, time.time())])
 
     def checkpoint_removed(self, step: int, path: str) -> None:
         # The engine already removed the files (its keep policy); only the row goes.
-        self.store.delete_checkpoint(self.run_id, step, remove_files=False)
+        self._record(lambda: self.store.delete_checkpoint(self.run_id, step, remove_files=False),
+                     [{"type": "checkpoint_removed", "step": int(step), "time": time.time()}])
 
     def finding(self, finding: dict[str, Any]) -> None:
         self.flush()
-        self.store.add_finding(self.run_id, finding)
+        self._record(lambda: self.store.add_finding(self.run_id, finding),
+                     [{"type": "finding", "finding": finding, "time": time.time()}])
         if finding.get("rule") == "memory":
             # The measured CUDA peak beside the preflight estimate, where `tunebench doctor RUN` looks first.
-            self.store.update_run(self.run_id, info={"memory": finding.get("evidence", {})})
+            self._record(lambda: self.store.update_run(self.run_id, info={"memory": finding.get("evidence", {})}), [])
         severity = finding.get("severity", "info")
         level = {"error": "error", "warning": "warning"}.get(severity, "info")
         title = finding.get("title") or finding.get("rule", "finding")
-        self.store.add_event(self.run_id, level, f"doctor: {title}", finding.get("step_end") or finding.get("step_start"))
+        step = finding.get("step_end") or finding.get("step_start")
+        self._record(lambda: self.store.add_event(self.run_id, level, f"doctor: {title}", step),
+                     [event_record(level, f"doctor: {title}", step, time.time())])
 
     def interrupt(self) -> None:
         """Called from the job's SIGTERM handler: stop at the next step boundary with 'interrupt'."""
@@ -147,7 +185,7 @@ class DbSink:
         return reason
 
     def _stop_reason_now(self) -> str | None:
-        if self._interrupt:
+        if self._interrupt or self.lost is not None:
             return "interrupt"
         if self.parent_pid is not None and os.getppid() != self.parent_pid:
             return "interrupt"  # the engine died under us

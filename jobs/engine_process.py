@@ -19,6 +19,10 @@ dead engine had taken off the queue are enqueued again. The same happens wheneve
 refuses a queue entry (not tunebench's JSON, see jobs/queue.py): nothing runs from it, and a queued
 run it may have stood for is not left waiting.
 
+The engine stops taking jobs and exits when its workspace is removed or replaced (engine.lock's
+inode changes) and likewise when tunebench.db is deleted or replaced under it: it would otherwise
+go on writing into a file no one else can see. `tunebench store rebuild` then recovers the runs.
+
 engine.log (the detached engine's stdout and stderr) is rotated at each start once it passes
 LOG_MAX_BYTES: engine.log.1 … engine.log.LOG_BACKUPS keep the older ones.
 """
@@ -119,6 +123,11 @@ def _engine_alive(ws: Workspace) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def engine_running(ws: Workspace) -> bool:
+    """Does an engine hold the workspace's lock (without reading the store)?"""
+    return _engine_alive(ws)
 
 
 def _read_info(ws: Workspace) -> dict:
@@ -251,6 +260,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 # --------------------------------------------------------------------------- the engine
 
 EXIT_ALREADY_RUNNING = 3
+EXIT_STORE_UNUSABLE = 4
 
 
 def _process_cmdline(pid: int) -> list[str] | None:
@@ -300,6 +310,8 @@ class Engine:
         self._in_hand: set[str] = set()  # runs some worker thread is executing (under _children_lock)
         self._lock_fd: int | None = None
         self._replaced_checked = 0.0
+        self._store_inode = self._inode(ws.store_db)  # open_store above made sure it exists
+        self.replaced: str | None = None  # what workspace_replaced found, for the log line
 
     # ----------------------------------------------------------------- lifetime
 
@@ -322,16 +334,29 @@ class Engine:
         _write_atomic(self.ws.engine_pid, f"{os.getpid()}\n")
         return True
 
+    @staticmethod
+    def _inode(path: Path) -> int | None:
+        try:
+            return os.stat(path).st_ino
+        except FileNotFoundError:
+            return None
+
     def workspace_replaced(self) -> bool:
-        """Was our workspace deleted (or deleted and made anew) under us? Checked at most once a second."""
+        """Was our workspace, or its run store, deleted (or deleted and made anew) under us?
+        Checked at most once a second; `replaced` says which."""
         now = time.monotonic()
         if self._lock_fd is None or now - self._replaced_checked < 1.0:
             return False
         self._replaced_checked = now
-        try:
-            return os.stat(_lock_path(self.ws)).st_ino != os.fstat(self._lock_fd).st_ino
-        except FileNotFoundError:
+        if self._inode(_lock_path(self.ws)) != os.fstat(self._lock_fd).st_ino:
+            self.replaced = f"the workspace {self.ws.root} was removed or replaced"
             return True
+        inode = self._inode(self.ws.store_db)
+        if inode != self._store_inode:
+            self.replaced = (f"the run store {self.ws.store_db} was {'deleted' if inode is None else 'replaced'}; "
+                             "`tunebench store check` and `tunebench store rebuild` recover the runs from their folders")
+            return True
+        return False
 
     def release(self) -> None:
         for path in (self.ws.engine_pid, _info_path(self.ws)):
@@ -542,7 +567,7 @@ class Engine:
                     log.info("received %s: stopping", signal.Signals(signum).name)
                     break
                 if self.workspace_replaced():
-                    log.warning("the workspace %s was removed or replaced: stopping", self.ws.root)
+                    log.warning("%s: taking no more jobs; stopping", self.replaced)
                     break
                 if time.monotonic() >= next_health_check:
                     next_health_check = time.monotonic() + HEALTH_CHECK_S
@@ -609,7 +634,12 @@ def configure_logging() -> None:
 def run_engine(ws: Workspace) -> int:
     """Run the engine in this process until SIGTERM/SIGINT/SIGHUP (foreground `tunebench engine run`)."""
     configure_logging()
-    return Engine(ws).run()
+    try:
+        engine = Engine(ws)
+    except TunebenchError as exc:  # a damaged or lost run store: a clear line, no traceback
+        log.error("%s", exc)
+        return EXIT_STORE_UNUSABLE
+    return engine.run()
 
 
 def main(argv: list[str] | None = None) -> int:

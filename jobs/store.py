@@ -7,13 +7,24 @@ engine's worker threads and the job process each get their own.
 
 The schema is versioned: `MIGRATIONS` is an ordered list; a database is brought up to date when it
 is opened, and a database written by a newer tunebench is refused rather than misread.
+
+The run folders are the users' history and the store can be rebuilt from them (jobs/rebuild.py),
+so a workspace's store mirrors each run into runs/<id>/ as it writes it: `run.json` (the run row,
+rewritten atomically whenever the row changes) and `history.jsonl` (metrics, events, checkpoints,
+findings, results, appended in the order they were recorded). The mirror is written here, inside the same write transaction, rather
+than by each caller (control.py, the worker, the engine, the TUI): every change of a run reaches its
+folder whoever makes it, and the transaction's lock orders the writes of concurrent processes.
+A damaged database raises StoreError (never a raw sqlite3 error), and a new or empty one beside
+existing run folders is refused: it would hide the runs instead of showing them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -28,6 +39,20 @@ from jobs.workspace import Workspace
 from presets.errors import TunebenchError
 
 BUSY_TIMEOUT_MS = 15_000
+STORE_FILE = "tunebench.db"
+RUN_RECORD_FILE = "run.json"
+# Not the engine's metrics.jsonl: that one is engine.sink.JsonlSink's (training's rank 0 writes it, the
+# distributed launcher tails it into the sink), so records appended there would be fed back in.
+JOURNAL_FILE = "history.jsonl"
+PRESET_FILE = "preset.yaml"
+RUN_RECORD_FORMAT = 1
+_RUN_FOLDER_RE = re.compile(r"^r-\d{6}-\d{6}-[0-9a-z]{4}$")
+# What to do about a store that cannot be used; `store check` and `store rebuild` live in tui/commands/store_cmd.py.
+RECOVERY_ADVICE = ("`tunebench store check` says what is wrong; `tunebench store rebuild` rebuilds the run store "
+                   "from the run folders (the damaged file is kept aside)")
+_CORRUPTION_ERRORS = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+log = logging.getLogger("tunebench.store")
 
 STATES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
@@ -135,7 +160,28 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class StoreError(TunebenchError):
-    """The database cannot be used (e.g. written by a newer tunebench)."""
+    """The database cannot be used (e.g. written by a newer tunebench, damaged, or lost)."""
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """A damaged or foreign file, as opposed to a busy database or a bug in a statement."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    return type(exc) is sqlite3.DatabaseError or getattr(exc, "sqlite_errorname", "") in _CORRUPTION_ERRORS
+
+
+def unreadable_store(path: Path, exc: BaseException) -> StoreError:
+    return StoreError(f"{path} is not a readable tunebench database ({exc})", RECOVERY_ADVICE)
+
+
+@contextmanager
+def _corruption_as_store_error(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if is_corruption(exc):
+            raise unreadable_store(path, exc) from exc
+        raise
 
 
 class RunNotFound(TunebenchError, KeyError):
@@ -270,6 +316,87 @@ def new_run_id(now: float | None = None) -> str:
     return f"r-{stamp}-{''.join(secrets.choice(_ID_ALPHABET) for _ in range(4))}"
 
 
+def is_run_folder(path: Path) -> bool:
+    """A run's folder: it has a run.json, or (made before run.json existed) a run id for a name and a
+    frozen preset. Headless `tunebench train` folders and `.deleting-*` tombstones are not."""
+    if path.name.startswith(".") or not path.is_dir():
+        return False
+    return (path / RUN_RECORD_FILE).is_file() or bool(_RUN_FOLDER_RE.match(path.name) and (path / PRESET_FILE).is_file())
+
+
+def run_folders(runs_dir: Path) -> list[Path]:
+    try:
+        return sorted(child for child in runs_dir.iterdir() if is_run_folder(child))
+    except FileNotFoundError:
+        return []
+
+
+def run_record(run: "Run") -> dict:
+    """What runs/<id>/run.json holds: everything of the run row a rebuild needs but the preset."""
+    return {
+        "format": RUN_RECORD_FORMAT, "id": run.id, "kind": run.kind, "name": run.name, "state": run.state,
+        "priority": run.priority, "parent_run": run.parent_run, "parent_checkpoint": run.parent_checkpoint,
+        "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
+        "active_seconds": run.active_seconds, "error": run.error, "advice": run.advice, "gpu": run.gpu,
+        "step": run.step, "total_steps": run.total_steps, "last_loss": run.last_loss,
+        "best_eval_loss": run.best_eval_loss, "best_eval_step": run.best_eval_step, "attempt": run.attempt,
+        "info": run.info,
+    }
+
+
+def write_run_record(folder: Path, record: dict) -> None:
+    """Write beside run.json, then rename over it: a reader (or a crash) never sees half a record."""
+    path = folder / RUN_RECORD_FILE
+    tmp = folder / f".{RUN_RECORD_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(json.dumps(record, default=str, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_number(value: Any) -> Any:
+    # JSON has no NaN/Inf: written as strings (as engine.sink.JsonlSink does), read back with float().
+    if value is None:
+        return "nan"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def metric_records(rows: Iterable[tuple[int, str, float, float]]) -> list[dict]:
+    """history.jsonl records of (step, name, value, time) rows: one per step and time."""
+    records: list[dict] = []
+    for step, name, value, t in rows:
+        last = records[-1] if records else None
+        if last is None or last["step"] != int(step) or last["time"] != t or name in last["values"]:
+            last = {"type": "metrics", "step": int(step), "time": t, "values": {}}
+            records.append(last)
+        last["values"][str(name)] = _json_number(value)
+    return records
+
+
+def checkpoint_record(step: int, path: Any, metrics: dict | None, size_bytes: int | None, now: float) -> dict:
+    return {"type": "checkpoint", "step": int(step), "path": str(path),
+            "metrics": {k: _json_number(v) for k, v in (metrics or {}).items()}, "size_bytes": size_bytes, "time": now}
+
+
+def event_record(level: str, text: str, step: int | None, now: float) -> dict:
+    return {"type": "event", "level": level, "text": text, "step": step, "time": now}
+
+
+def append_journal(folder: Path, records: list[dict]) -> None:
+    """Append records to the run's history.jsonl in one O_APPEND write, so lines of concurrent
+    writers never interleave. A folder that is gone (the run was removed) is not made again."""
+    if not records or not folder.is_dir():
+        return
+    data = "".join(json.dumps(record, default=str) + "\n" for record in records).encode("utf-8")
+    fd = os.open(folder / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str, allow_nan=True)
 
@@ -283,14 +410,90 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-class Store:
-    """Thread-safe access to one `tunebench.db` (each thread gets its own connection)."""
+_WORKSPACE_RUNS = object()
 
-    def __init__(self, path: str | os.PathLike):
+
+class Store:
+    """Thread-safe access to one `tunebench.db` (each thread gets its own connection).
+
+    `runs_dir`: where the run folders are mirrored (see the module's docstring). By default a
+    workspace's store (a file named tunebench.db) mirrors into the runs/ beside it; None mirrors
+    nothing (a scratch database, or the one a rebuild fills) and refuses nothing.
+    """
+
+    def __init__(self, path: str | os.PathLike, runs_dir: Any = _WORKSPACE_RUNS):
         self.path = Path(path)
+        if runs_dir is _WORKSPACE_RUNS:
+            runs_dir = self.path.parent / "runs" if self.path.name == STORE_FILE else None
+        self.runs_dir: Path | None = Path(runs_dir) if runs_dir is not None else None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        if self.runs_dir is not None:
+            self._refuse_new_file_beside_run_folders()
         self._migrate()
+        if self.runs_dir is not None:
+            self._refuse_empty_store_beside_run_folders()
+
+    # ----------------------------------------------------------------- a lost store
+
+    def _refuse_new_file_beside_run_folders(self) -> None:
+        """A missing or 0-byte tunebench.db would be made anew and hide every run: refuse before it is."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            size = None
+        if size:
+            return
+        folders = run_folders(self.runs_dir)
+        if folders:
+            what = "is missing" if size is None else "is empty (0 bytes)"
+            raise self._lost(f"the run store {self.path} {what}", len(folders))
+
+    def _refuse_empty_store_beside_run_folders(self) -> None:
+        """A store that knows no run while run folders exist (one made anew by an older tunebench, say)."""
+        if self._read("select 1 from runs limit 1"):
+            return
+        # Under the write lock: a run being created makes its folder inside its transaction, so once
+        # we hold the lock a folder we see has its row committed (no false alarm on a first submit).
+        with self._write() as conn:
+            if conn.execute("select 1 from runs limit 1").fetchone():
+                return
+            folders = run_folders(self.runs_dir)
+        if folders:
+            raise self._lost(f"the run store {self.path} knows no runs", len(folders))
+
+    def _lost(self, what: str, folders: int) -> StoreError:
+        return StoreError(
+            f"{what}, but {self.runs_dir} holds {folders} run folder{'s' if folders != 1 else ''}",
+            "`tunebench store rebuild` rebuilds the run store from them (`tunebench store check` lists them)",
+        )
+
+    # ----------------------------------------------------------------- the run folders
+
+    def _record_run(self, conn: sqlite3.Connection, run_id: str, *, create: bool = False) -> None:
+        """Rewrite runs/<id>/run.json from the row as this transaction leaves it."""
+        if self.runs_dir is None:
+            return
+        folder = self.runs_dir / run_id
+        try:
+            if create:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                return  # a run being removed: its folder is not brought back
+            row = conn.execute(f"select {_RUN_COLUMNS} from runs where id = ?", (run_id,)).fetchone()
+            if row is not None:
+                write_run_record(folder, run_record(self._row_to_run(row)))
+        except OSError as exc:  # the database still has it; a full disk must not fail the run
+            log.warning("could not write %s: %s", folder / RUN_RECORD_FILE, exc)
+
+    def journal(self, run_id: str, records: list[dict]) -> None:
+        """Append to runs/<id>/history.jsonl (nothing for a store that mirrors nothing)."""
+        if self.runs_dir is None or not records:
+            return
+        try:
+            append_journal(self.runs_dir / run_id, records)
+        except OSError as exc:
+            log.warning("could not append to %s: %s", self.runs_dir / run_id / JOURNAL_FILE, exc)
 
     # ----------------------------------------------------------------- connections
 
@@ -301,10 +504,15 @@ class Store:
         if conn is None or local.pid != os.getpid():
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
-            self._set_wal(conn)
-            conn.execute("pragma synchronous = normal")
-            conn.execute("pragma foreign_keys = on")
+            try:
+                with _corruption_as_store_error(self.path):
+                    conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+                    self._set_wal(conn)
+                    conn.execute("pragma synchronous = normal")
+                    conn.execute("pragma foreign_keys = on")
+            except BaseException:
+                conn.close()
+                raise
             local.conn, local.pid = conn, os.getpid()
         return conn
 
@@ -331,22 +539,28 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
-        conn.execute("begin immediate")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("rollback")
-            raise
-        else:
-            conn.execute("commit")
+        with _corruption_as_store_error(self.path):
+            conn.execute("begin immediate")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already (a damaged page, say)
+                    conn.execute("rollback")
+                raise
+            else:
+                conn.execute("commit")
 
     def _read(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        return self._conn().execute(sql, tuple(params)).fetchall()
+        conn = self._conn()
+        with _corruption_as_store_error(self.path):
+            return conn.execute(sql, tuple(params)).fetchall()
 
     # ----------------------------------------------------------------- schema
 
     def schema_version(self) -> int:
-        return self._version(self._conn())
+        conn = self._conn()
+        with _corruption_as_store_error(self.path):
+            return self._version(conn)
 
     @staticmethod
     def _version(conn: sqlite3.Connection) -> int:
@@ -358,8 +572,7 @@ class Store:
 
     def _migrate(self, migrations: list[list[str]] | None = None) -> None:
         migrations = MIGRATIONS if migrations is None else migrations
-        conn = self._conn()
-        if self._version(conn) == len(migrations):
+        if self.schema_version() == len(migrations):
             return
         with self._write() as conn:  # re-read under the write lock: another process may have migrated
             conn.execute("create table if not exists schema_version (version integer not null, applied_at real not null)")
@@ -402,6 +615,7 @@ class Store:
                         (rid, kind, unique, priority, preset_yaml, now, parent_run, parent_checkpoint,
                          _dumps(info or {})),
                     )
+                    self._record_run(conn, rid, create=True)  # the folder exists from the moment the run does
                     self._event(conn, rid, "info", f"queued ({kind} {unique})", None, now)
                 return self.get_run(rid)
             except sqlite3.IntegrityError:
@@ -486,6 +700,8 @@ class Store:
                 conn.execute(f"update runs set {assignments} where id = ?", (*fields.values(), run_id))
             if info:
                 self._merge_info(conn, run_id, info)
+            if fields.keys() - {"engine_pid", "worker_pid"} or info:  # pids mean nothing to a rebuild
+                self._record_run(conn, run_id)
 
     @staticmethod
     def _merge_info(conn: sqlite3.Connection, run_id: str, info: dict) -> None:
@@ -535,6 +751,7 @@ class Store:
                 sets += ["finished_at = ?", "error = ?", "advice = ?"]
                 params += [now, error, advice]
             conn.execute(f"update runs set {', '.join(sets)} where id = ?", (*params, run_id))
+            self._record_run(conn, run_id)
             text = f"{current} → {state}"
             if error:
                 text += f": {error}"
@@ -565,6 +782,7 @@ class Store:
             return
         with self._write() as conn:
             self._insert_metrics(conn, run_id, rows)
+            self.journal(run_id, metric_records(rows))
 
     @staticmethod
     def _insert_metrics(conn: sqlite3.Connection, run_id: str, rows: list[tuple[int, str, float, float]]) -> None:
@@ -609,6 +827,7 @@ class Store:
         with self._write() as conn:
             count = conn.execute("delete from metrics where run_id = ? and step > ?", (run_id, step)).rowcount
             self._recompute_summary(conn, run_id)
+            self.journal(run_id, [{"type": "metrics_truncated", "after_step": int(step), "time": time.time()}])
         return count
 
     @staticmethod
@@ -623,10 +842,10 @@ class Store:
 
     # ----------------------------------------------------------------- events
 
-    @staticmethod
-    def _event(conn: sqlite3.Connection, run_id: str, level: str, text: str, step: int | None, now: float) -> None:
+    def _event(self, conn: sqlite3.Connection, run_id: str, level: str, text: str, step: int | None, now: float) -> None:
         conn.execute("insert into events (run_id, level, text, step, time) values (?, ?, ?, ?, ?)",
                      (run_id, level, text, step, now))
+        self.journal(run_id, [event_record(level, text, step, now)])
 
     def add_event(self, run_id: str, level: str, text: str, step: int | None = None) -> None:
         with self._write() as conn:
@@ -642,13 +861,15 @@ class Store:
     def add_checkpoint(self, run_id: str, step: int, path: str | os.PathLike, metrics: dict | None = None,
                        size_bytes: int | None = None) -> None:
         """Record a checkpoint; the same step again (a resumed run saving over it) replaces the row."""
+        now = time.time()
         with self._write() as conn:
             conn.execute(
                 "insert into checkpoints (run_id, step, path, metrics, size_bytes, created_at) values (?, ?, ?, ?, ?, ?) "
                 "on conflict (run_id, step) do update set path = excluded.path, metrics = excluded.metrics, "
                 "size_bytes = excluded.size_bytes, created_at = excluded.created_at",
-                (run_id, int(step), str(path), _dumps(metrics or {}), size_bytes, time.time()),
+                (run_id, int(step), str(path), _dumps(metrics or {}), size_bytes, now),
             )
+            self.journal(run_id, [checkpoint_record(step, path, metrics, size_bytes, now)])
 
     def list_checkpoints(self, run_id: str) -> list[CheckpointRow]:
         """By step; `best` marks the one with the lowest eval_loss in its metrics."""
@@ -682,6 +903,7 @@ class Store:
             os.replace(path, trash)
         with self._write() as conn:
             conn.execute("delete from checkpoints where run_id = ? and step = ?", (run_id, step))
+            self.journal(run_id, [{"type": "checkpoint_removed", "step": int(step), "time": time.time()}])
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -696,10 +918,12 @@ class Store:
     # ----------------------------------------------------------------- findings
 
     def add_finding(self, run_id: str, finding: dict) -> None:
+        now = time.time()
         with self._write() as conn:
             conn.execute("insert into findings (run_id, rule, severity, payload, time) values (?, ?, ?, ?, ?)",
-                         (run_id, finding.get("rule"), finding.get("severity"), _dumps(finding), time.time()))
+                         (run_id, finding.get("rule"), finding.get("severity"), _dumps(finding), now))
             conn.execute("update runs set findings = findings + 1 where id = ?", (run_id,))
+            self.journal(run_id, [{"type": "finding", "finding": finding, "time": now}])
 
     def findings(self, run_id: str) -> list[dict]:
         return [json.loads(p) for (p,) in self._read("select payload from findings where run_id = ? order by id", (run_id,))]
@@ -708,9 +932,12 @@ class Store:
 
     def add_transcript(self, run_id: str | None, kind: str, payload: Any) -> int:
         """A chat or probe transcript (any JSON-able payload); run_id None for one not tied to a run."""
+        now = time.time()
         with self._write() as conn:
             cursor = conn.execute("insert into transcripts (run_id, kind, payload, created_at) values (?, ?, ?, ?)",
-                                  (run_id, kind, _dumps(payload), time.time()))
+                                  (run_id, kind, _dumps(payload), now))
+            if run_id is not None:
+                self.journal(run_id, [{"type": "transcript", "kind": kind, "payload": payload, "time": now}])
             return cursor.lastrowid
 
     def transcripts(self, run_id: str | None, kind: str | None = None) -> list[TranscriptRow]:
@@ -726,9 +953,12 @@ class Store:
         return [TranscriptRow(i, r, k, json.loads(p), c) for i, r, k, p, c in rows]
 
     def add_eval_result(self, run_id: str | None, payload: Any) -> int:
+        now = time.time()
         with self._write() as conn:
             cursor = conn.execute("insert into eval_results (run_id, payload, created_at) values (?, ?, ?)",
-                                  (run_id, _dumps(payload), time.time()))
+                                  (run_id, _dumps(payload), now))
+            if run_id is not None:
+                self.journal(run_id, [{"type": "eval_result", "payload": payload, "time": now}])
             return cursor.lastrowid
 
     def eval_results(self, run_id: str | None) -> list[EvalResultRow]:

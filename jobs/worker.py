@@ -7,6 +7,10 @@ a DbSink, and records how the run ended. When the process exits, all its (GPU) m
 
 SIGTERM, SIGINT and SIGHUP do not kill it: they make the sink answer "interrupt", so training
 saves a checkpoint at the next step boundary and the run ends `interrupted`.
+
+A run store that becomes unreadable mid-run (StoreError) stops the job the same way; how the run
+ended is then recorded in its folder alone (run.json, history.jsonl), the log says what to do, and
+`tunebench store rebuild` brings the run back from there.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobs.db_sink import DbSink
-from jobs.store import Run, Store, open_store
+from jobs.store import (Run, Store, StoreError, append_journal, event_record, open_store, run_record,
+                        write_run_record)
 from jobs.workspace import Workspace, resolve_workspace
 
 DRY_RUN_TICK = 0.1
@@ -141,8 +146,12 @@ def settle(run: Run, store: Store, sink: DbSink, outcome: JobOutcome) -> JobOutc
 
 
 def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
-    store = open_store(ws)
-    run = store.get_run(run_id)
+    try:
+        store = open_store(ws)
+        run = store.get_run(run_id)
+    except StoreError as exc:  # nothing ran; run.json still says running, which a rebuild makes interrupted
+        print(f"error: {exc}", flush=True)
+        return 1
     if run is None or run.state != "running":
         print(f"run {run_id}: {'removed' if run is None else run.state}, not running; nothing to do", flush=True)
         return 0
@@ -156,9 +165,13 @@ def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
     print(f"=== run {run_id} ({run.kind}{', dry run' if run.dry_run else ''}), attempt {run.attempt}, "
           f"{time.strftime('%Y-%m-%d %H:%M:%S')}", flush=True)
     log_path = ws.run_dir(run_id) / "run.log"
+    outcome: JobOutcome | None = None
+    lost: StoreError | None = None
     try:
         outcome = dry_run(run, sink) if run.dry_run else JOBS[run.kind](run, ws, store, sink)
         outcome = settle(run, store, sink, outcome)
+    except StoreError as exc:
+        lost = exc
     except Exception as exc:
         outcome = _failure(exc, log_path)
     finally:
@@ -166,9 +179,50 @@ def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
             sink.close()
         except Exception:
             traceback.print_exc()
-    store.set_state(run_id, outcome.status, error=outcome.error, advice=outcome.advice, expect="running")
+    lost = lost or sink.lost
+    if lost is None:
+        try:
+            store.set_state(run_id, outcome.status, error=outcome.error, advice=outcome.advice, expect="running")
+        except StoreError as exc:
+            lost = exc
+    if lost is not None:
+        return _end_without_store(ws, run, outcome, lost)
     print(f"=== run {run_id}: {outcome.status}" + (f": {outcome.error}" if outcome.error else ""), flush=True)
     return 0
+
+
+def _end_without_store(ws: Workspace, run: Run, outcome: JobOutcome | None, lost: StoreError) -> int:
+    """The store cannot be written: record how the run ended in its folder, where a rebuild reads it."""
+    from engine.artifacts import RunArtifacts
+
+    folder = ws.run_dir(run.id)
+    if outcome is not None and outcome.status in ("completed", "failed", "cancelled"):
+        state, error, advice = outcome.status, outcome.error, outcome.advice
+    else:  # stopped because the store went, or by the engine: resumable like any interrupted run
+        latest = RunArtifacts(folder).checkpoints() if run.kind == "train" and not run.dry_run else {}
+        error = "the run store became unreadable while this run ran"
+        if latest:
+            step = max(latest)
+            error += f"; last checkpoint at step {step}"
+            advice = f"`tunebench store rebuild`, then `tunebench resume {run.id}` continues from step {step}"
+        else:
+            advice = f"`tunebench store rebuild`, then `tunebench retry {run.id}` runs it again"
+        state = "interrupted"
+    now = time.time()
+    record = run_record(run)
+    record.update(state=state, error=error, advice=advice, finished_at=now,
+                  active_seconds=run.active_seconds + max(0.0, now - (run.started_at or now)))
+    text = f"running → {state}" + (f": {error}" if error else "") + (f"\n  → {advice}" if advice else "")
+    try:
+        append_journal(folder, [event_record("warning" if state != "completed" else "info", text, None, now)])
+        write_run_record(folder, record)
+        where = f"recorded in {folder / 'run.json'} only"
+    except OSError as exc:
+        where = f"and it could not be recorded in {folder} either ({exc})"
+    print(f"error: {lost}", flush=True)
+    print(f"=== run {run.id}: {state}" + (f": {error}" if error else "") + f" ({where}: the run store could not "
+          f"be written; `tunebench store rebuild` brings the run back from its folder)", flush=True)
+    return 1
 
 
 def _failure(exc: Exception, log_path: Path) -> JobOutcome:

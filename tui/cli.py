@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "tui.commands.chat_cmd",
     "tui.commands.ckpt_cmd",
     "tui.commands.demo_cmd",
+    "tui.commands.store_cmd",
 ]
 
 
