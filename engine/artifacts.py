@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,12 @@ LOG_FILE = "run.log"
 # A file inside checkpoints/checkpoint-<step>/ that the user marked keep: the keep policy never prunes it.
 KEEP_MARKER = "tunebench-keep"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# A checkpoint may grow a little over the last one (trainer state, log history): a save is let
+# through only with this share of the last checkpoint's size free on top of it.
+CHECKPOINT_SPACE_MARGIN = 0.1
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+# How libraries that do not raise OSError say it (safetensors' SafetensorError, sqlite3's OperationalError).
+_DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "database or disk is full")
 
 
 def write_atomic(path: Path, text: str, mode: int | None = None) -> None:
@@ -123,3 +131,66 @@ def human_bytes(n: float) -> str:
             return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+# --------------------------------------------------------------------------- disk space
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether an error, or one it came from, says its filesystem is full (or over quota)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(words in str(exc).lower() for words in _DISK_FULL_WORDS):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def folder_bytes(path: str | Path) -> int:
+    """The bytes of the files under `path` (0 if it is gone)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed while we walk (pruning)
+                pass
+    return total
+
+
+def mount_point(path: str | Path) -> Path:
+    """The mount point of the filesystem that holds `path` (or would, for a path not made yet)."""
+    current = Path(os.path.abspath(path))
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    while not os.path.ismount(current) and current != current.parent:
+        current = current.parent
+    return current
+
+
+@dataclass(frozen=True)
+class DiskSpace:
+    path: Path  # the folder asked about
+    mount: Path  # the mount point of its filesystem
+    free: int  # bytes an unprivileged writer may still use
+    total: int
+
+    def describe(self) -> str:
+        return f"the filesystem mounted at {self.mount} (holding {self.path}) has {human_bytes(self.free)} free of {human_bytes(self.total)}"
+
+
+def disk_space(path: str | Path) -> DiskSpace:
+    """Free and total bytes of the filesystem that holds `path` (its nearest existing folder)."""
+    existing = Path(os.path.abspath(path))
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    usage = shutil.disk_usage(existing)
+    return DiskSpace(Path(path), mount_point(existing), int(usage.free), int(usage.total))
+
+
+def checkpoint_space_needed(last_checkpoint_bytes: int) -> int:
+    """Free bytes a new checkpoint needs, from the size of the last whole one."""
+    return int(last_checkpoint_bytes * (1 + CHECKPOINT_SPACE_MARGIN))

@@ -4,7 +4,8 @@ Values cross from the device to the host only at logging steps: per step the cal
 batch's token count to a device tensor (no sync) and checks `sink.should_stop()` (a host-side
 call). At each logging step it hands loss, grad_norm, lr, epoch, throughput and memory to the sink
 and the live doctor; at each evaluation eval_loss and perplexity; at each save the checkpoint,
-after which the keep policy (last N + best by eval loss) prunes the rest.
+after which the keep policy (last N + best by eval loss) prunes the rest and the doctor looks at
+the free space left for the next ones.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from engine.artifacts import RunArtifacts
+from engine.artifacts import RunArtifacts, disk_space, folder_bytes
 from engine.distributed.rank import agree_on_stop
 from engine.doctor.live import LiveDoctor
 from engine.metering import memory_metrics
@@ -255,6 +256,16 @@ class EngineCallback(TrainerCallback):
             metrics.update(eval_loss=eval_loss, eval_ppl=math.exp(eval_loss) if eval_loss < 700 else math.inf)
         self.sink.checkpoint(step, str(path), metrics)
         self._prune()
+        self._check_disk_space(step, path)
+
+    def _check_disk_space(self, step: int, checkpoint: Path) -> None:
+        """The doctor's warning while a few more checkpoints still fit (the trainer stops when one does not)."""
+        try:
+            space = disk_space(self.artifacts.checkpoints_dir)
+        except OSError:  # a filesystem that cannot say: nothing to warn about
+            return
+        for finding in self.doctor.observe_disk(step, space, folder_bytes(checkpoint)):
+            self.sink.finding(finding.to_dict())
 
     # ------------------------------------------------------------------ keep policy
 

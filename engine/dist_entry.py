@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         preset = RunArtifacts(run_dir).load_preset()
         result = train(preset, run_dir, sink, resume_from=args.resume_from)
         if is_main:
-            write_result(run_dir, {"status": result.status, "result": _result_payload(result)})
+            write_result(run_dir, {"status": result.status, "result": _result_payload(result),
+                                   "error": result.error, "advice": result.advice})
     except EngineError as exc:
         print(f"error: {exc}", flush=True)
         write_result(run_dir, {"status": "failed", "error": exc.message, "advice": exc.advice, "rank": rank}, first_only=True)

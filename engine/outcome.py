@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Status = Literal["completed", "cancelled", "interrupted", "stopped", "failed"]
-# A stop asked for through the sink ends a job in the state of the same name; any other reason
-# (the doctor's nan / diverged, early_stop) ends it "stopped".
-STATUS_BY_REASON: dict[str, Status] = {"cancel": "cancelled", "interrupt": "interrupted"}
+# A stop asked for through the sink ends a job in the state of the same name; a full disk
+# (disk_full) ends it interrupted too, resumable from its last whole checkpoint once there is room;
+# any other reason (the doctor's nan / diverged, early_stop) ends it "stopped".
+STATUS_BY_REASON: dict[str, Status] = {"cancel": "cancelled", "interrupt": "interrupted", "disk_full": "interrupted"}
 
 
 @dataclass
@@ -36,3 +37,18 @@ class JobStopped(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class DiskFull(JobStopped):
+    """A checkpoint does not fit on its filesystem: the job stops, nothing partial left behind.
+
+    `message` names the filesystem and its free space beside what a checkpoint needs; `advice` what to do.
+    """
+
+    def __init__(self, message: str, advice: str):
+        super().__init__("disk_full")
+        self.message = message
+        self.advice = advice
+
+    def __str__(self) -> str:
+        return self.message

@@ -8,6 +8,8 @@
     trainer.train(resume_from_checkpoint)
     final/     ← the adapter (PEFT format) or the full model (safetensors) + tokenizer, written whole or not at all
 
+A checkpoint that does not fit on the disk (checked before each save against the last one's size,
+or a save that fails with ENOSPC) ends the run interrupted, with no partial checkpoint left.
 The run folder's layout is engine/artifacts.py's. Metrics go to the caller's sink and, always, to
 the run's metrics.jsonl.
 """
@@ -23,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.artifacts import RunArtifacts, resolve_resume, write_atomic
+from engine.artifacts import (
+    RunArtifacts, checkpoint_space_needed, disk_space, folder_bytes, human_bytes, is_disk_full, resolve_resume,
+    write_atomic,
+)
 from engine.errors import DataError, EngineError
 from engine.models import load_model, load_tokenizer, quiet_libraries, resolve_precision, training_device
-from engine.outcome import STATUS_BY_REASON, JobOutcome, Status
+from engine.outcome import STATUS_BY_REASON, DiskFull, JobOutcome, Status
 from engine.sink import JsonlSink, MultiSink, Sink
 from presets import TrainPreset, dump_preset
 from presets.methods import METHODS
@@ -41,6 +46,9 @@ OPTIMIZERS = {
     "adafactor": "adafactor",
     "sgd": "sgd",
 }
+# A failed save with less than this free is taken for a full disk even when the library's error
+# does not say so (torch.save reports only "file write failed").
+NEARLY_FULL_BYTES = 1 << 20
 MEMORY_ADVICE = (
     "lower training.batch_size (raise training.grad_accum to keep the effective batch), lower data.max_length, "
     "set training.gradient_checkpointing: true, or train a 4-bit base with method qlora"
@@ -175,6 +183,22 @@ def _trainer_class():
             self.engine_callback.count_batch(inputs)
             return super().training_step(model, inputs, num_items_in_batch)
 
+        def _save_checkpoint(self, model, trial):
+            # Every rank checks (they share the run folder), so all of them stop at this save together.
+            artifacts = self.engine_callback.artifacts
+            step = self.state.global_step
+            check_checkpoint_space(artifacts, step)
+            try:
+                super()._save_checkpoint(model, trial)
+            except Exception as exc:
+                if not _failed_for_space(exc, artifacts, step):
+                    raise
+                if self.is_world_process_zero():
+                    # Never leave a half-written checkpoint-N that looks resumable; removing it also
+                    # frees the room the run's records need to say what happened.
+                    _remove_partial_checkpoint(artifacts.checkpoint_dir(step))
+                raise _disk_full(artifacts, step, partial=True) from exc
+
         def _save(self, output_dir=None, state_dict=None):
             super()._save(output_dir, state_dict)
             if self.args.should_save:
@@ -202,6 +226,70 @@ def _clean_leftovers(artifacts: RunArtifacts) -> None:
         for child in artifacts.checkpoints_dir.iterdir():
             if child.is_dir() and child not in complete:
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def _last_checkpoint_bytes(artifacts: RunArtifacts, before_step: int) -> tuple[int, int] | None:
+    """(step, bytes) of the newest whole checkpoint before `before_step`, if there is one."""
+    earlier = [step for step in artifacts.checkpoints() if step < before_step]
+    if not earlier:
+        return None
+    step = max(earlier)
+    return step, folder_bytes(artifacts.checkpoint_dir(step))
+
+
+def check_checkpoint_space(artifacts: RunArtifacts, step: int) -> None:
+    """DiskFull, before anything is written, when the last checkpoint's size (plus a margin) is not free."""
+    last = _last_checkpoint_bytes(artifacts, step)
+    if last is None:  # the first save: nothing to measure a checkpoint by yet
+        return
+    if disk_space(artifacts.checkpoints_dir).free < checkpoint_space_needed(last[1]):
+        raise _disk_full(artifacts, step, partial=False)
+
+
+def _failed_for_space(exc: BaseException, artifacts: RunArtifacts, step: int) -> bool:
+    """Whether a save failed because its filesystem is full, by the error or by the space left."""
+    if is_disk_full(exc):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        free = disk_space(artifacts.checkpoints_dir).free
+    except OSError:
+        return False
+    last = _last_checkpoint_bytes(artifacts, step)
+    return free < max(checkpoint_space_needed(last[1]) if last else 0, NEARLY_FULL_BYTES)
+
+
+def _remove_partial_checkpoint(path: Path) -> None:
+    if not path.exists():
+        return
+    doomed = path.with_name(f".deleting-{path.name}")  # out of the way first: a crash leaves no checkpoint-N
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _disk_full(artifacts: RunArtifacts, step: int, *, partial: bool) -> DiskFull:
+    """What a full disk did to the run: which filesystem, how much is free, what a checkpoint needs."""
+    try:
+        space = disk_space(artifacts.checkpoints_dir)
+        where, mount = space.describe(), str(space.mount)
+    except OSError:
+        where = mount = f"the filesystem holding {artifacts.checkpoints_dir}"
+    last = _last_checkpoint_bytes(artifacts, step)
+    if last is None:
+        needs, then = "no checkpoint of this run is whole yet", "then run it again"
+    else:
+        needs = (f"a checkpoint of this run takes {human_bytes(last[1])} (checkpoint-{last[0]}; "
+                 f"{human_bytes(checkpoint_space_needed(last[1]))} with margin)")
+        then = f"then resume the run: it continues from checkpoint-{last[0]}"
+    what = (f"the disk filled up while checkpoint-{step} was written (the partial one was removed)" if partial
+            else f"checkpoint-{step} would not fit on the disk, so nothing was written")
+    return DiskFull(
+        f"{what}: {where}; {needs}",
+        f"free space on {mount} (delete checkpoints or runs you no longer need), keep fewer checkpoints "
+        f"(lower training.keep_last) or save less often (raise training.save_steps); {then}",
+    )
 
 
 def load_checkpoint_weights(model, checkpoint: Path) -> None:
@@ -370,8 +458,12 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
 
+    disk_full: DiskFull | None = None
     try:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except DiskFull as exc:
+        disk_full = exc
+        sink.event("error", exc.message, trainer.state.global_step)
     except torch.cuda.OutOfMemoryError:
         step = trainer.state.global_step
         del trainer, model
@@ -382,7 +474,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
             MEMORY_ADVICE,
         ) from None
 
-    reason = callback.stop_reason
+    reason = "disk_full" if disk_full else callback.stop_reason
     status: Status = "completed" if reason is None else STATUS_BY_REASON.get(reason, "stopped")
     best = callback.best_checkpoint()
     final_dir = None
@@ -402,6 +494,8 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
         total_steps=trainer.state.max_steps,
         final_dir=final_dir,
         stop_reason=reason,
+        error=disk_full.message if disk_full else None,
+        advice=disk_full.advice if disk_full else None,
         last_checkpoint=artifacts.latest_checkpoint(),
         best_checkpoint=artifacts.checkpoint_dir(best[0]) if best else None,
         best_eval_loss=best[1] if best else None,

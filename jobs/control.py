@@ -7,14 +7,20 @@ Resume is a new attempt of the same run (same id, `attempt` + 1): the run contin
 checkpoint with its history intact. Metrics and checkpoints of the abandoned attempt past that
 checkpoint's step are discarded first, so every step appears once in the run's record.
 Retry is a new run (parent_run = the old one) with the same frozen preset, from step 0.
+
+Submit and retry are all or nothing: a run that queue.db cannot take is removed again (row and
+folder), and a resume that cannot be queued is not left `queued` in no queue. A full disk where the
+workspace is written is a ControlError naming the filesystem, not sqlite3's traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,8 @@ from presets.errors import TunebenchError
 
 RESUMABLE = ("interrupted", "cancelled", "failed")
 RETRYABLE = ("completed", "failed", "cancelled", "interrupted")
+NOT_SUBMITTED = "nothing was submitted"
+NOT_RETRIED = "no new run was made"
 
 
 class ControlError(TunebenchError):
@@ -47,6 +55,71 @@ def _resolve(store: Store, ref: str) -> Run:
 
 def _queue(ws: Workspace) -> JobQueue:
     return JobQueue(ws)
+
+
+# --------------------------------------------------------------------------- failures of the workspace's files
+
+
+def _disk_full_error(ws: Workspace) -> ControlError:
+    from engine.artifacts import disk_space  # pure Python: no torch
+
+    try:
+        space = disk_space(ws.root)
+        where, mount = space.describe(), str(space.mount)
+    except OSError:
+        where = mount = f"the filesystem holding {ws.root}"
+    return ControlError(f"the workspace's disk is full: {where}",
+                        f"free space on {mount} (`tunebench rm RUN` deletes a run with its checkpoints), then try again")
+
+
+@contextlib.contextmanager
+def _disk_full_as_error(ws: Workspace):
+    """A full disk where the workspace is written (tunebench.db, queue.db, run folders) is a ControlError."""
+    from engine.artifacts import is_disk_full
+
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        if is_disk_full(exc):
+            raise _disk_full_error(ws) from exc
+        raise
+
+
+def _queue_error(ws: Workspace, exc: Exception, outcome: str) -> ControlError:
+    """queue.db could not be used: what it said, what became of the request, how to get a working queue."""
+    from engine.artifacts import is_disk_full
+
+    if is_disk_full(exc):
+        return _disk_full_error(ws)
+    return ControlError(
+        f"the queue {ws.queue_db} cannot be used ({type(exc).__name__}: {exc}); {outcome}",
+        f"if {ws.queue_db.name} is damaged, stop the engine (`tunebench engine stop`), move {ws.queue_db} aside "
+        "and try again: a new queue is made, and the engine queues its waiting runs again when it starts",
+    )
+
+
+def _checked_queue(ws: Workspace, outcome: str) -> JobQueue:
+    """The queue, read once: a damaged queue.db is found before anything is changed."""
+    try:
+        queue = _queue(ws)
+        queue.huey.storage.queue_size()
+    except Exception as exc:
+        raise _queue_error(ws, exc, outcome) from exc
+    return queue
+
+
+def _enqueue(queue: JobQueue, ws: Workspace, run_id: str, priority: int, outcome: str) -> None:
+    try:
+        queue.enqueue(run_id, priority)
+    except Exception as exc:
+        raise _queue_error(ws, exc, outcome) from exc
+
+
+def _forget_new_run(ws: Workspace, store: Store, run_id: str) -> None:
+    """Undo a new run that could not be queued: its folder and its row (best effort on a failing disk)."""
+    shutil.rmtree(ws.run_dir(run_id), ignore_errors=True)
+    with contextlib.suppress(Exception):  # left queued, the engine queues it again when it starts
+        store.delete_run(run_id)
 
 
 # --------------------------------------------------------------------------- submit
@@ -117,24 +190,32 @@ def submit(workspace, preset, *, name: str | None = None, priority: int = 0, ove
 
     if name is not None:
         check_name(name, "run name")  # before anything is written
-    ws = _ws(workspace).ensure()
-    store = open_store(ws)
-    frozen = freeze_preset(ws, preset, overrides, store)
-    text = dump_preset(frozen)
-    info: dict[str, Any] = {}
-    if dry_run:
-        info.update(dry_run=True, dry_run_seconds=float(dry_run_seconds))
-    if overrides:
-        info["overrides"] = list(overrides)
-    if park_at_step is not None:
-        info["park_at_step"] = int(park_at_step)
-    run = store.create_run(frozen.kind, name or frozen.name, text, priority=priority, info=info)
-    run_dir = ws.run_dir(run.id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".preset.yaml.{secrets.token_hex(3)}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, run_dir / "preset.yaml")
-    _queue(ws).enqueue(run.id, priority)
+    ws = _ws(workspace)
+    with _disk_full_as_error(ws):
+        ws.ensure()
+        store = open_store(ws)
+        frozen = freeze_preset(ws, preset, overrides, store)
+        text = dump_preset(frozen)
+        info: dict[str, Any] = {}
+        if dry_run:
+            info.update(dry_run=True, dry_run_seconds=float(dry_run_seconds))
+        if overrides:
+            info["overrides"] = list(overrides)
+        if park_at_step is not None:
+            info["park_at_step"] = int(park_at_step)
+        queue = _checked_queue(ws, NOT_SUBMITTED)
+        # All or nothing: a run that cannot be queued is not left behind `queued` in no queue.
+        run = store.create_run(frozen.kind, name or frozen.name, text, priority=priority, info=info)
+        try:
+            run_dir = ws.run_dir(run.id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            tmp = run_dir / f".preset.yaml.{secrets.token_hex(3)}"
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, run_dir / "preset.yaml")
+            _enqueue(queue, ws, run.id, priority, NOT_SUBMITTED)
+        except BaseException:
+            _forget_new_run(ws, store, run.id)
+            raise
     if start:
         ensure_engine(ws)
     return run
@@ -176,10 +257,11 @@ def set_priority(workspace, ref: str, priority: int) -> Run:
     run = _resolve(store, ref)
     if run.state != "queued":
         raise ControlError(f"run {run.id} is {run.state}: only a queued run can change its place in the queue")
+    queue = _checked_queue(ws, f"run {run.id} keeps its priority")
     store.update_run(run.id, priority=priority)
-    queue = _queue(ws)
     queue.discard(run.id)
-    queue.enqueue(run.id, priority)
+    # Failing here leaves the run queued in no queue: the engine queues such runs again when it starts.
+    _enqueue(queue, ws, run.id, priority, f"run {run.id} is queued again when the engine starts")
     store.add_event(run.id, "info", f"priority {run.priority} → {priority}")
     return store.get_run(run.id)
 
@@ -201,6 +283,7 @@ def resume(workspace, ref: str, from_step: int | None = None, *, start: bool = T
     else:
         checkpoint = _choose_checkpoint(store, ws, run, from_step)
     step, path = checkpoint
+    queue = _checked_queue(ws, f"run {run.id} was not resumed")
     if not run.dry_run:
         for row in store.list_checkpoints(run.id):
             if row.step > step:  # the abandoned attempt's: the resumed run writes its own
@@ -212,7 +295,14 @@ def resume(workspace, ref: str, from_step: int | None = None, *, start: bool = T
     store.update_run(run.id, info={"resume_from": path or None, "resume_step": step})
     store.set_state(run.id, "queued")
     store.add_event(run.id, "info", f"resume from the checkpoint at step {step}" if path else "resume", step)
-    _queue(ws).enqueue(run.id, run.priority)
+    try:
+        _enqueue(queue, ws, run.id, run.priority, f"run {run.id} was not resumed")
+    except ControlError as exc:
+        # Not left `queued` in no queue: back to a state it resumes from (queued → interrupted is no transition).
+        back = "failed" if run.state == "failed" else "cancelled"
+        with contextlib.suppress(Exception):
+            store.set_state(run.id, back, error=exc.message, advice=exc.advice, expect="queued")
+        raise
     if start:
         ensure_engine(ws)
     return store.get_run(run.id)
@@ -247,12 +337,18 @@ def retry(workspace, ref: str, *, start: bool = True) -> Run:
         raise ControlError(f"run {old.id} is {old.state}", "retry a run once it has ended")
     info = {key: old.info[key] for key in ("dry_run", "dry_run_seconds", "overrides") if key in old.info}
     base_name = re.sub(r"-\d+$", "", old.name)  # "demo-3" retried is "demo-4", not "demo-3-2"
-    run = store.create_run(old.kind, base_name, old.preset_yaml, priority=old.priority, parent_run=old.id, info=info)
-    run_dir = ws.run_dir(run.id)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "preset.yaml").write_text(old.preset_yaml, encoding="utf-8")
-    store.add_event(run.id, "info", f"retry of {old.id} ({old.state})")
-    _queue(ws).enqueue(run.id, run.priority)
+    with _disk_full_as_error(ws):
+        queue = _checked_queue(ws, NOT_RETRIED)
+        run = store.create_run(old.kind, base_name, old.preset_yaml, priority=old.priority, parent_run=old.id, info=info)
+        try:  # all or nothing, as in submit
+            run_dir = ws.run_dir(run.id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "preset.yaml").write_text(old.preset_yaml, encoding="utf-8")
+            store.add_event(run.id, "info", f"retry of {old.id} ({old.state})")
+            _enqueue(queue, ws, run.id, run.priority, NOT_RETRIED)
+        except BaseException:
+            _forget_new_run(ws, store, run.id)
+            raise
     if start:
         ensure_engine(ws)
     return run

@@ -124,6 +124,8 @@ def settle(run: Run, store: Store, sink: DbSink, outcome: JobOutcome) -> JobOutc
     if outcome.status in ("completed", "failed", "cancelled"):
         return outcome
     if outcome.status == "interrupted":
+        if outcome.stop_reason == "disk_full":  # the job's message names the full filesystem and a checkpoint's size
+            return JobOutcome("interrupted", error=outcome.error, advice=f"{outcome.advice} (`tunebench resume {run.id}`)")
         if run.kind != "train" or run.dry_run:
             return JobOutcome("interrupted", error="the engine stopped before the job finished",
                               advice=f"`tunebench retry {run.id}` runs it again")

@@ -16,6 +16,9 @@ from engine.doctor import Finding
 from engine.doctor.rules import SEVERITY_RANK, analyse
 
 TRACKED = ("loss", "eval_loss", "grad_norm", "lr", "epoch")
+# After a save, fewer than this many checkpoints' worth of free space is worth a warning: the run
+# stops (interrupted) when the next one would not fit.
+DISK_LOW_CHECKPOINTS = 2
 # Re-running every rule on a long run at every report would cost O(n²); past this many logged
 # points the rules run every few reports (a NaN or an evaluation always triggers a run).
 FULL_EVERY_POINTS = 400
@@ -68,6 +71,7 @@ class LiveDoctor:
         self._reported: dict[tuple, tuple[int, tuple]] = {}  # (rule, kind) -> (severity rank, episode)
         self._calls = 0
         self._peak_watch = None  # made at the first CUDA memory report
+        self._disk_low = False  # the disk_space warning was given and space has not recovered since
         self.findings: list[Finding] = []  # every finding reported so far, in order
 
     def set_total_steps(self, total_steps: int | None) -> None:
@@ -117,6 +121,31 @@ class LiveDoctor:
         fresh += memory
         self.findings += fresh
         return fresh
+
+    def observe_disk(self, step: int, space: Any, checkpoint_bytes: int) -> list[Finding]:
+        """After a save: a warning once free space (an engine.artifacts.DiskSpace) drops under two
+        checkpoints of `checkpoint_bytes`, and again only after it has recovered in between."""
+        if checkpoint_bytes <= 0 or space.free >= DISK_LOW_CHECKPOINTS * checkpoint_bytes:
+            self._disk_low = False
+            return []
+        if self._disk_low:
+            return []
+        self._disk_low = True
+        from engine.artifacts import human_bytes
+
+        finding = Finding(
+            rule="disk_space", severity="warning",
+            title=(f"disk almost full: {human_bytes(space.free)} free on {space.mount}, "
+                   f"less than two checkpoints of {human_bytes(checkpoint_bytes)}"),
+            advice=(f"Free space on {space.mount}, keep fewer checkpoints (lower training.keep_last) or save less often "
+                    "(raise training.save_steps). When a checkpoint no longer fits, the run stops interrupted and "
+                    "resumes from its last whole checkpoint."),
+            step_start=step, step_end=step,
+            evidence={"kind": "low", "free": space.free, "total": space.total, "mount": str(space.mount),
+                      "path": str(space.path), "checkpoint_bytes": checkpoint_bytes},
+        )
+        self.findings.append(finding)
+        return [finding]
 
     def _memory_finding(self, step: int, values: dict[str, Any]) -> list[Finding]:
         """After a few CUDA reports: the measured peak beside the preflight estimate (stored as a finding)."""
