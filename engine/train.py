@@ -292,6 +292,19 @@ def _disk_full(artifacts: RunArtifacts, step: int, *, partial: bool) -> DiskFull
     )
 
 
+def check_max_length(preset: TrainPreset, config) -> None:
+    """data.max_length past the positions the model has: refused, quoting the model's own figure
+    (the schema bounds it only loosely: it cannot know the model)."""
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if isinstance(limit, int) and preset.data.max_length > limit:
+        raise EngineError(
+            f"data.max_length is {preset.data.max_length}, but {preset.model.path} has positions for "
+            f"{limit} tokens (max_position_embeddings in its config.json)",
+            f"set data.max_length to {limit} or less",
+        )
+
+
 def load_checkpoint_weights(model, checkpoint: Path) -> None:
     """Put a checkpoint's trained weights (adapter or full model) into the in-memory model."""
     from peft import PeftModel
@@ -429,6 +442,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     sink.event("info", f"loading model on {device} ({precision})")
     method = preset.method.name
     model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=METHODS[method].trains_base_weights)
+    check_max_length(preset, model.config)
     set_seed(preset.training.seed)  # adapter initialisation does not depend on how loading used the RNG
     model = apply_method(model, preset, total_steps=steps)
     trainable, total = trainable_parameters(model)

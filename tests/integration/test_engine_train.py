@@ -228,6 +228,17 @@ def test_missing_model_path_says_so_and_writes_no_result(tiny_model_dir, demo_da
     assert jsonl_records(tmp_path / "run", "event")[-1]["level"] == "error"
 
 
+def test_max_length_past_the_models_positions_quotes_the_model(tiny_model_dir, demo_data_file, tmp_path):
+    from engine.errors import EngineError
+    from engine.train import train
+
+    preset = tiny_preset("lora", tiny_model_dir, demo_data_file, "data.max_length=4096")
+    with pytest.raises(EngineError, match="data.max_length is 4096") as caught:
+        train(preset, tmp_path / "run", RecordingSink())
+    assert "positions for 2048 tokens" in caught.value.message and "2048 or less" in caught.value.advice
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
 def test_unknown_hub_id_offline_says_offline(tiny_model_dir, demo_data_file, monkeypatch):
     from engine.errors import EngineError
     from engine.models import load_tokenizer
