@@ -26,6 +26,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar
 
 from tui.format import user_message
 from tui.widgets.status import StatusLine
+from tui.widgets.table import Table
 
 STREAM_INTERVAL = 0.05  # at most 20 redraws a second per side, however fast the tokens come
 SETTINGS = (  # (field, label, input type, default)
@@ -579,7 +580,7 @@ class ProbeScreen(Screen):
             yield Label("from file")
             yield Input("", placeholder="(blank: the run's validation split)", id="probe-file", compact=True)
         yield Static("", id="probe-status")
-        yield DataTable(id="probe-table", zebra_stripes=True, cursor_type="row")
+        yield Table(id="probe-table", zebra_stripes=True, cursor_type="row")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -23,6 +23,7 @@ from tui.format import user_message
 from tui.screens.polled import PolledScreen
 from tui.screens.modals import ConfirmScreen
 from tui.widgets.status import StatusLine
+from tui.widgets.table import Table
 
 COLUMNS = (("step", "step"), ("train", "train loss"), ("eval", "eval loss"), ("size", "size"), ("age", "age"), ("marks", ""))
 RESUMABLE = ("interrupted", "cancelled", "failed")
@@ -86,7 +87,7 @@ class CheckpointsScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield StatusLine("Checkpoints")
         yield Static("", id="ckpt-head")
-        yield DataTable(cursor_type="row", zebra_stripes=True, id="ckpt-table")
+        yield Table(cursor_type="row", zebra_stripes=True, id="ckpt-table")
         yield Static("", id="ckpt-detail")
         yield Footer()
 

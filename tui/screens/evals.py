@@ -14,6 +14,7 @@ from tui import format as fmt
 from tui.format import user_message
 from tui.screens.polled import PolledScreen
 from tui.widgets.status import StatusLine
+from tui.widgets.table import Table
 
 # Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).
 GENERATION_METRICS = (("exact_match", "exact match", 1.0), ("token_f1", "token F1", 1.0), ("rouge_l", "ROUGE-L", 1.0),
@@ -83,9 +84,9 @@ class EvalsScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield StatusLine("Evals")
         yield Static("", id="evals-head")
-        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-list")
+        yield Table(cursor_type="row", zebra_stripes=True, id="evals-list")
         yield Static("", id="evals-bars")
-        yield DataTable(cursor_type="row", zebra_stripes=True, id="evals-samples")
+        yield Table(cursor_type="row", zebra_stripes=True, id="evals-samples")
         yield Footer()
 
     def on_mount(self) -> None:

@@ -8,6 +8,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label
 
+from tui.widgets.table import Table
+
 
 def key_rows(app) -> list[tuple[str, str, str]]:
     """(where, keys, what) for the app's keys and each screen's, in NAVIGATION order."""
@@ -44,7 +46,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="help-dialog"):
             yield Label("Keys — escape closes; ctrl+p searches every action", classes="dialog-title")
-            yield DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
+            yield Table(id="help-table", cursor_type="row", zebra_stripes=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

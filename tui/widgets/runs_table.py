@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import DataTable
 
 from tui import format as fmt
+from tui.widgets.table import Table
 
 COLUMNS = (
     ("name", "name"),
@@ -31,7 +31,7 @@ def display_order(runs: list) -> list:
     return running + queued + rest
 
 
-class RunsTable(DataTable):
+class RunsTable(Table):
     DEFAULT_CSS = """
     RunsTable { height: 1fr; }
     """
