@@ -131,7 +131,8 @@ class EngineCallback(TrainerCallback):
     def _apply_findings(self, step: int, values: dict[str, float], control) -> None:
         for finding in self.doctor.observe(step, values):
             self.sink.finding(finding.to_dict())
-            if finding.stop:
+            # A stop already under way is not asked for again by the finding's later updates.
+            if finding.stop and self.stop_reason is None and self._pending_stop is None:
                 self.sink.event("warning", f"stopping: {finding.title}", step)
                 # Weights that went non-finite are not worth a checkpoint; the last good one stays.
                 finite = all(math.isfinite(self.latest.get(k, 0.0)) for k in ("loss", "grad_norm"))

@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.store import Store, StoreError, checkpoint_record, event_record, metric_records
+from jobs.store import Store, StoreError, checkpoint_record, event_record, finding_key, metric_records
 
 FLUSH_INTERVAL = 0.25
 STOP_POLL_INTERVAL = 0.25
+_SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
 def directory_size(path: str | os.PathLike) -> int | None:
@@ -68,6 +69,8 @@ class DbSink:
         self._stop_reason: str | None = None
         self._stop_checked = 0.0
         self.last_stop_reason: str | None = None  # what should_stop last answered, for the job's outcome
+        # The last report of each finding sent (by rule and finding_key), for when the store cannot say.
+        self._findings_sent: dict[tuple, dict] = {}
         self.lost: StoreError | None = None  # set when the store became unreadable: records go to the folder only
         self._flusher = threading.Thread(target=self._flush_loop, name=f"db-sink-{run_id}", daemon=True)
         self._flusher.start()
@@ -162,12 +165,22 @@ class DbSink:
 
     def finding(self, finding: dict[str, Any]) -> None:
         self.flush()
-        self._record(lambda: self.store.add_finding(self.run_id, finding),
-                     [{"type": "finding", "finding": finding, "time": time.time()}])
+        key = (finding.get("rule"), finding_key(finding))
+        # The store says whether it held this finding already (from an earlier attempt too).
+        known = {"previous": self._findings_sent.get(key)}
+
+        def write() -> None:
+            known["previous"] = self.store.add_finding(self.run_id, finding)
+
+        self._record(write, [{"type": "finding", "finding": finding, "time": time.time()}])
+        previous = known["previous"]
+        self._findings_sent[key] = finding
         if finding.get("rule") == "memory":
             # The measured CUDA peak beside the preflight estimate, where `tunebench doctor RUN` looks first.
             self._record(lambda: self.store.update_run(self.run_id, info={"memory": finding.get("evidence", {})}), [])
         severity = finding.get("severity", "info")
+        if previous is not None and _SEVERITY_RANK.get(severity, 0) <= _SEVERITY_RANK.get(previous.get("severity"), 0):
+            return  # the same finding with new figures, no worse: the store updated it; the events said it already
         level = {"error": "error", "warning": "warning"}.get(severity, "info")
         title = finding.get("title") or finding.get("rule", "finding")
         step = finding.get("step_end") or finding.get("step_start")

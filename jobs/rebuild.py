@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.store import (JOURNAL_FILE, PRESET_FILE, RUN_RECORD_FILE, SCHEMA_VERSION, TRANSITIONS, Store, StoreError,
-                        _dumps, is_corruption, open_store, run_folders, run_record, write_run_record)
+                        _dumps, finding_key, is_corruption, merge_finding, open_store, run_folders, run_record,
+                        write_run_record)
 from jobs.workspace import Workspace
 
 REBUILD_SUFFIX = ".rebuilding"
@@ -134,6 +135,18 @@ class FolderHistory:
     run_started: dict = field(default_factory=dict)
     last_time: float | None = None
     bad_lines: int = 0
+
+
+def fold_findings(reports: list[tuple[dict, float]]) -> list[tuple[dict, float, float]]:
+    """The journal holds every report of a finding; the store keeps one per rule and key (finding_key),
+    as Store.add_finding left it: (the stored finding, first reported, last reported), in first-report order."""
+    folded: dict[tuple, tuple[dict, float, float]] = {}
+    for finding, when in reports:
+        key = (finding.get("rule"), finding_key(finding))
+        previous = folded.get(key)
+        stored = merge_finding(previous[0] if previous else None, finding, when)
+        folded[key] = (stored, previous[1] if previous else when, when)
+    return list(folded.values())
 
 
 def read_journal(path: Path) -> FolderHistory:
@@ -362,10 +375,13 @@ def _rebuild_run(store: Store, folder: Path, report: RebuildReport) -> None:
                          "values (?, ?, ?, ?, ?, ?, ?)",
                          (run_id, step, str(path), _dumps(metrics), saved.get("size_bytes") or directory_size(path),
                           float(saved.get("time") or path.stat().st_mtime), int((path / KEEP_MARKER).is_file())))
-        for finding, when in history.findings:
-            conn.execute("insert into findings (run_id, rule, severity, payload, time) values (?, ?, ?, ?, ?)",
-                         (run_id, finding.get("rule"), finding.get("severity"), _dumps(finding), when))
-        conn.execute("update runs set findings = ? where id = ?", (len(history.findings), run_id))
+        findings = fold_findings(history.findings)
+        for finding, first, last in findings:
+            conn.execute("insert into findings (run_id, rule, key, severity, payload, time, updated_at) "
+                         "values (?, ?, ?, ?, ?, ?, ?)",
+                         (run_id, finding.get("rule"), finding_key(finding), finding.get("severity"), _dumps(finding),
+                          first, last))
+        conn.execute("update runs set findings = ? where id = ?", (len(findings), run_id))
         for kind, payload, when in history.transcripts:
             conn.execute("insert into transcripts (run_id, kind, payload, created_at) values (?, ?, ?, ?)",
                          (run_id, kind, _dumps(payload), when))

@@ -155,6 +155,34 @@ MIGRATIONS: list[list[str]] = [
     # The running time of a run's attempts that ended: started_at is only the current attempt's
     # start, and the time a run sat cancelled or queued between attempts is no part of how long it ran.
     ["alter table runs add column active_seconds real not null default 0"],
+    # One finding per rule and key (finding_key): a finding that lasts is updated in place
+    # instead of added once per report or per attempt. Rows already there are folded the same way:
+    # the first row keeps its place and step_start and takes the latest figures.
+    [
+        "alter table findings add column key text not null default ''",
+        "alter table findings add column updated_at real",
+        "update findings set updated_at = time",
+        """update findings set key = coalesce(json_extract(payload, '$.key'), json_extract(payload, '$.evidence.kind'), '')
+           where json_valid(payload) and json_type(payload) = 'object'""",
+        """update findings set
+               payload = (select case when json_valid(latest.payload) and json_valid(findings.payload)
+                                      then json_set(latest.payload, '$.step_start',
+                                                    coalesce(json_extract(findings.payload, '$.step_start'),
+                                                             json_extract(latest.payload, '$.step_start')))
+                                      else latest.payload end
+                          from findings latest
+                          where latest.run_id = findings.run_id and latest.rule is findings.rule and latest.key = findings.key
+                          order by latest.id desc limit 1),
+               severity = (select latest.severity from findings latest
+                           where latest.run_id = findings.run_id and latest.rule is findings.rule and latest.key = findings.key
+                           order by latest.id desc limit 1),
+               updated_at = (select max(latest.time) from findings latest
+                             where latest.run_id = findings.run_id and latest.rule is findings.rule and latest.key = findings.key)
+           where id in (select min(id) from findings group by run_id, rule, key having count(*) > 1)""",
+        "delete from findings where id not in (select min(id) from findings group by run_id, rule, key)",
+        "update runs set findings = (select count(*) from findings where findings.run_id = runs.id)",
+        "create unique index findings_key on findings (run_id, rule, key)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -395,6 +423,31 @@ def append_journal(folder: Path, records: list[dict]) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def finding_key(finding: dict) -> str:
+    """Which of its rule's findings this is (engine.doctor.finding_key: one rule for the live doctor
+    and the store; imported here, as jobs imports engine only inside functions)."""
+    from engine.doctor import finding_key as rule_and_key
+
+    return rule_and_key(finding)[1]
+
+
+def merge_finding(previous: dict | None, finding: dict, now: float) -> dict:
+    """The stored finding after `finding` is reported: its figures, the first report's step_start,
+    and when it was last reported (reported_at, seconds since the epoch)."""
+    merged = {**finding, "reported_at": now}
+    if previous is not None and previous.get("step_start") is not None:
+        merged["step_start"] = previous["step_start"]
+    return merged
+
+
+def _loads_finding(payload: str) -> dict:
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _dumps(value: Any) -> str:
@@ -917,16 +970,34 @@ class Store:
 
     # ----------------------------------------------------------------- findings
 
-    def add_finding(self, run_id: str, finding: dict) -> None:
+    def add_finding(self, run_id: str, finding: dict) -> dict | None:
+        """Record a doctor finding, or update the run's finding of the same rule and key
+        (finding_key): a condition that lasts, or comes back in a resumed attempt, stays one finding
+        with its latest figures and its first step_start. Returns the finding it updated, None when new."""
         now = time.time()
+        rule, key = finding.get("rule"), finding_key(finding)
         with self._write() as conn:
-            conn.execute("insert into findings (run_id, rule, severity, payload, time) values (?, ?, ?, ?, ?)",
-                         (run_id, finding.get("rule"), finding.get("severity"), _dumps(finding), now))
-            conn.execute("update runs set findings = findings + 1 where id = ?", (run_id,))
+            row = conn.execute("select id, payload from findings where run_id = ? and rule is ? and key = ?",
+                               (run_id, rule, key)).fetchone()
+            previous = _loads_finding(row[1]) if row else None
+            stored = merge_finding(previous, finding, now)
+            if row is None:
+                conn.execute("insert into findings (run_id, rule, key, severity, payload, time, updated_at) "
+                             "values (?, ?, ?, ?, ?, ?, ?)",
+                             (run_id, rule, key, finding.get("severity"), _dumps(stored), now, now))
+                conn.execute("update runs set findings = findings + 1 where id = ?", (run_id,))
+            else:
+                conn.execute("update findings set severity = ?, payload = ?, updated_at = ? where id = ?",
+                             (finding.get("severity"), _dumps(stored), now, row[0]))
             self.journal(run_id, [{"type": "finding", "finding": finding, "time": now}])
+        return previous
 
     def findings(self, run_id: str) -> list[dict]:
         return [json.loads(p) for (p,) in self._read("select payload from findings where run_id = ? order by id", (run_id,))]
+
+    def findings_updated_at(self, run_id: str) -> float | None:
+        """When the run's findings last changed: a poller compares it, as an update leaves their count as it was."""
+        return self._read("select max(updated_at) from findings where run_id = ?", (run_id,))[0][0]
 
     # ----------------------------------------------------------------- transcripts and evaluations
 

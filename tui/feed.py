@@ -71,7 +71,7 @@ class DashboardFeed:
         self.series = SeriesSet(max_points, smoothing)
         self.log_offset = 0
         self.last_event_id = 0
-        self.findings_seen: int | None = None
+        self.findings_seen: tuple | None = None
         self.reads = 0
 
     def read(self) -> DashboardUpdate:
@@ -93,9 +93,11 @@ class DashboardFeed:
         update.events = store.events_since(self.run_id, self.last_event_id)
         if update.events:
             self.last_event_id = update.events[-1].id
-        if run.findings != self.findings_seen:
+        # An updated finding leaves the count as it was: its time tells that it changed.
+        findings_state = (run.findings, store.findings_updated_at(self.run_id) if run.findings else None)
+        if findings_state != self.findings_seen:
             update.findings = store.findings(self.run_id)
-            self.findings_seen = run.findings
+            self.findings_seen = findings_state
         self.reads += 1
         return update
 

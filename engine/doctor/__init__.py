@@ -18,6 +18,20 @@ class Finding:
     step_end: int | None = None
     evidence: dict[str, Any] = field(default_factory=dict)  # the numbers that triggered it
     stop: bool = False  # the preset asks to stop the run on this finding
+    # Which of its rule's findings this is, when the evidence's kind does not say it (finding_key).
+    key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def finding_key(finding: Finding | dict) -> tuple[str, str]:
+    """Reports with the same rule and key are one finding, which a later report updates: the key is
+    the finding's own, else the kind of its evidence (the store keys stored findings with it too)."""
+    if isinstance(finding, dict):
+        rule, key, evidence = finding.get("rule"), finding.get("key"), finding.get("evidence")
+    else:
+        rule, key, evidence = finding.rule, finding.key, finding.evidence
+    if key is None and isinstance(evidence, dict):
+        key = evidence.get("kind")
+    return str(rule or ""), "" if key is None else str(key)

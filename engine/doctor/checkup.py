@@ -42,7 +42,7 @@ def check_run(metric_rows: Iterable, preset_yaml: str | None, *, info: dict | No
     series = series_from_rows(metric_rows)
     preset = _preset_from_yaml(preset_yaml, "the run's frozen preset") if preset_yaml else None
     info = info or {}
-    findings = _analyse(series, preset, info, total_steps)
+    findings = _analyse(series, preset, info, total_steps, preset_lr=_raw_preset_lr(preset_yaml) if preset is None else None)
     memory = info.get("memory") or _memory_evidence(stored_findings)
     return RunCheckup(series, findings, memory)
 
@@ -67,10 +67,12 @@ def check_run_folder(folder: Path) -> RunCheckup:
             info.update(record)
         elif record.get("type") == "finding" and record.get("rule") == "memory":
             memory = record.get("evidence")
-    preset = None
+    preset, preset_lr = None, None
     if artifacts.preset_file.is_file():
-        preset = _preset_from_yaml(artifacts.preset_file.read_text(encoding="utf-8"), str(artifacts.preset_file))
-    return RunCheckup(series, _analyse(series, preset, info, info.get("total_steps")), memory)
+        text = artifacts.preset_file.read_text(encoding="utf-8")
+        preset = _preset_from_yaml(text, str(artifacts.preset_file))
+        preset_lr = _raw_preset_lr(text) if preset is None else None
+    return RunCheckup(series, _analyse(series, preset, info, info.get("total_steps"), preset_lr=preset_lr), memory)
 
 
 def run_folder(path: str | Path) -> Path | None:
@@ -83,7 +85,8 @@ def run_folder(path: str | Path) -> Path | None:
     return None
 
 
-def _analyse(series: Series, preset, info: dict, total_steps: int | None) -> list[Finding]:
+def _analyse(series: Series, preset, info: dict, total_steps: int | None, *, preset_lr: float | None = None) -> list[Finding]:
+    """`preset_lr`: training.lr read from a preset that no longer validates (the preset's own wins)."""
     from engine.doctor.rules import analyse
 
     training = getattr(preset, "training", None)
@@ -91,7 +94,21 @@ def _analyse(series: Series, preset, info: dict, total_steps: int | None) -> lis
     return analyse(
         series, precision=precision, lr_schedule=getattr(training, "scheduler", None),
         max_grad_norm=getattr(training, "max_grad_norm", None), total_steps=total_steps or info.get("total_steps"),
+        preset_lr=getattr(training, "lr", None) or preset_lr,
     )
+
+
+def _raw_preset_lr(text: str | None) -> float | None:
+    """training.lr of a preset's YAML without validating the rest: an old frozen preset still names it."""
+    if not text:
+        return None
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+        return float(data["training"]["lr"])
+    except Exception:  # not YAML, no training.lr, not a number: the advice falls back to the logged rates
+        return None
 
 
 def _preset_from_yaml(text: str, source: str):

@@ -46,7 +46,8 @@ def data_findings(report: Any) -> list[Finding]:
     total_tokens = int(_get(report, "total_tokens", 0) or 0)
     files = ", ".join(_get(report, "files", []) or []) or "the training data"
 
-    # --- samples with nothing to learn from
+    # --- samples with nothing to learn from (three findings of one rule: each has its own evidence
+    # kind, as the store keeps one finding per rule and kind)
     unsupervised = sum(n for reason, n in dropped.items() if "supervised" in reason)
     if train == 0 or supervised == 0:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in dropped.items()) or "none left"
@@ -57,7 +58,7 @@ def data_findings(report: Any) -> list[Finding]:
                 "Every answer is masked or empty: check data.format and the role tags (data.tags.assistant), "
                 "that the chat template renders the assistant turns, and data.max_length (answers cut off)."
             ),
-            evidence={"train_samples": train, "supervised_tokens": supervised, "dropped": dropped},
+            evidence={"kind": "none", "train_samples": train, "supervised_tokens": supervised, "dropped": dropped},
         ))
         return findings
     if unsupervised:
@@ -66,7 +67,7 @@ def data_findings(report: Any) -> list[Finding]:
             rule="data_unsupervised", severity="warning" if share >= DROPPED_WARN_SHARE else "info",
             title=f"{unsupervised} sample(s) have no supervised token and were left out ({share:.0%})",
             advice="Their answers are masked, empty or cut off by data.max_length; see `tunebench data PRESET` for which.",
-            evidence={"samples": unsupervised, "share": round(share, 4)},
+            evidence={"kind": "left_out", "samples": unsupervised, "share": round(share, 4)},
         ))
     per_sample = supervised / max(1, train)
     share = float(_get(report, "supervised_share", 0.0) or (supervised / total_tokens if total_tokens else 0.0))
@@ -78,7 +79,7 @@ def data_findings(report: Any) -> list[Finding]:
                 "Only the end-of-turn token seems to carry a label: the answers are empty or masked. Check the answer "
                 "column (data.columns.output) or role tags; a loss near 0 at once would be the symptom."
             ),
-            evidence={"supervised_per_sample": round(per_sample, 3), "supervised_share": round(share, 4)},
+            evidence={"kind": "scarce", "supervised_per_sample": round(per_sample, 3), "supervised_share": round(share, 4)},
         ))
     elif share < SUPERVISED_LOW_SHARE and _get(report, "assistant_only_loss", True):
         findings.append(Finding(

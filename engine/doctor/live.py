@@ -1,18 +1,22 @@
 """The doctor during training: the metric rules run on the series so far, at every report.
 
 The training callback calls `LiveDoctor(preset).observe(step, values)` at each logging and
-evaluation step and hands every returned finding to the sink. A finding is returned once, and
-again only when it materially changes (it gets worse, or a new episode starts: a new turn of the
-loss, a new best eval step, more spikes); `Finding.stop` is set when the preset asks to stop on it.
+evaluation step and hands every returned finding to the sink. A finding is returned when it first
+appears, at once again when it materially changes (it gets worse, or a new episode starts: a new
+turn of the loss, a new best eval step, more spikes), and, while its condition lasts, again with
+its new figures at most every UPDATE_EVERY reports, so the stored finding does not go stale. The
+sink keeps one finding per rule and key (engine.doctor.finding_key): a re-sent one replaces it.
+`Finding.stop` is set when the preset asks to stop on it.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from engine.doctor import Finding
+from engine.doctor import Finding, finding_key
 from engine.doctor.rules import SEVERITY_RANK, analyse
 
 TRACKED = ("loss", "eval_loss", "grad_norm", "lr", "epoch")
@@ -22,6 +26,9 @@ DISK_LOW_CHECKPOINTS = 2
 # Re-running every rule on a long run at every report would cost O(n²); past this many logged
 # points the rules run every few reports (a NaN or an evaluation always triggers a run).
 FULL_EVERY_POINTS = 400
+# A lasting finding whose headline figures changed is re-sent at most this often (in reports), so
+# the stored one stays current without a write at every logging step.
+UPDATE_EVERY = 10
 
 
 def _resolved_precision(precision: str) -> str:
@@ -41,6 +48,11 @@ def _bucket(count: int) -> int:
     return max(0, int(count)).bit_length()
 
 
+def _figures(finding: Finding) -> tuple:
+    """What a reader sees change: a re-sent finding that differs in none of these is not worth it."""
+    return finding.severity, finding.title, finding.advice
+
+
 def _episode(finding: Finding) -> tuple:
     """What makes a finding news again, beyond a higher severity."""
     evidence = finding.evidence
@@ -54,6 +66,14 @@ def _episode(finding: Finding) -> tuple:
     return (kind,)
 
 
+@dataclass
+class _Reported:
+    rank: int  # the highest severity sent: only a higher one is news
+    episode: tuple
+    figures: tuple  # as last sent
+    sent_at: int  # the report (observe call) it was last sent at
+
+
 class LiveDoctor:
     """Incremental findings for one run; one instance per run."""
 
@@ -64,11 +84,12 @@ class LiveDoctor:
         self.precision = precision or _resolved_precision(getattr(training, "precision", None) or "auto")
         self.max_grad_norm = getattr(training, "max_grad_norm", None)
         self.lr_schedule = getattr(training, "scheduler", None)
+        self.preset_lr = getattr(training, "lr", None)  # what the advice quotes, not the warmup's logged rates
         self.total_steps = total_steps or getattr(training, "max_steps", None)
         self.stop_on_nan = bool(getattr(doctor, "stop_on_nan", True))
         self.stop_on_divergence = bool(getattr(doctor, "stop_on_divergence", False))
         self.series: dict[str, list[tuple[int, float]]] = {name: [] for name in TRACKED}
-        self._reported: dict[tuple, tuple[int, tuple]] = {}  # (rule, kind) -> (severity rank, episode)
+        self._reported: dict[tuple, _Reported] = {}  # by finding_key
         self._calls = 0
         self._peak_watch = None  # made at the first CUDA memory report
         self._disk_low = False  # the disk_space warning was given and space has not recovered since
@@ -103,19 +124,25 @@ class LiveDoctor:
             return memory
         findings = analyse(
             self.series, precision=self.precision, lr_schedule=self.lr_schedule,
-            max_grad_norm=self.max_grad_norm, total_steps=self.total_steps,
+            max_grad_norm=self.max_grad_norm, total_steps=self.total_steps, preset_lr=self.preset_lr,
         )
         fresh = []
         for finding in findings:
-            key = (finding.rule, finding.evidence.get("kind"))
+            key = finding_key(finding)
             rank = SEVERITY_RANK[finding.severity]
             episode = _episode(finding)
             previous = self._reported.get(key)
             if previous is not None:
-                last_rank, last_episode = previous
-                if rank < last_rank or (rank == last_rank and episode == last_episode):
+                news = rank > previous.rank or (rank == previous.rank and episode != previous.episode)
+                # Otherwise the same condition, still there: re-send its figures now and then.
+                due = self._calls - previous.sent_at >= UPDATE_EVERY and _figures(finding) != previous.figures
+                if not news and not due:
                     continue
-            self._reported[key] = (max(rank, previous[0] if previous else rank), episode)
+            self._reported[key] = _Reported(
+                rank=max(rank, previous.rank) if previous else rank,
+                episode=episode if previous is None or rank >= previous.rank else previous.episode,
+                figures=_figures(finding), sent_at=self._calls,
+            )
             finding.stop = self._should_stop(finding)
             fresh.append(finding)
         fresh += memory

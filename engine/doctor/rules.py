@@ -147,17 +147,27 @@ def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _positive(value: float | None) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 class _Context:
     """What several rules share: the learning rate and the precision, for advice."""
 
     def __init__(self, series: Series, precision: str | None, lr_schedule: str | None,
-                 max_grad_norm: float | None, total_steps: int | None):
+                 max_grad_norm: float | None, total_steps: int | None, preset_lr: float | None = None):
         self.precision = (precision or "auto").lower()
         self.lr_schedule = lr_schedule
         self.max_grad_norm = max_grad_norm
         self.total_steps = total_steps
         self.lr = _finite(_clean(series.get("lr")))
         self.lr_max = max((v for _, v in self.lr), default=None)
+        # The value the user can edit: during warmup the logged rates are only a fraction of it.
+        self.preset_lr = _positive(preset_lr)
 
     def lr_at(self, step: int) -> float | None:
         before = [v for s, v in self.lr if s <= step]
@@ -169,8 +179,11 @@ class _Context:
         return self.lr[0][1] < 0.5 * self.lr_max
 
     def lower_lr_advice(self, factor: int = 5) -> str:
+        if self.preset_lr:
+            return f"lower the learning rate ÷{factor} (training.lr: {self.preset_lr:.3g} → {self.preset_lr / factor:.2g})"
         if self.lr_max:
-            return f"lower the learning rate ÷{factor} (training.lr: {self.lr_max:.3g} → {self.lr_max / factor:.2g})"
+            return (f"lower the learning rate ÷{factor} (the highest logged rate was {self.lr_max:.3g}: "
+                    f"training.lr about {self.lr_max / factor:.2g})")
         return f"lower the learning rate ÷{factor} (training.lr)"
 
 
@@ -247,6 +260,10 @@ def _nan_rule(series: Series, ctx: _Context) -> list[Finding]:
     return findings
 
 
+# A steady trend that grows into a jump is one climbing loss: one finding that updates, not two.
+CLIMB_KEY = "climb"
+
+
 def _divergence_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Finding]:
     if len(loss) < MIN_POINTS:
         return []
@@ -294,6 +311,7 @@ def _divergence_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Findi
                 + (" — above where it started" if lost_all else "")
             ),
             advice=advice, step_start=turn_step, step_end=steps[-1], evidence={"kind": "rise", **evidence},
+            key=CLIMB_KEY,
         )]
 
     # A steady climb over the recent window, smaller than the jump above but consistent.
@@ -314,6 +332,7 @@ def _divergence_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Findi
                 advice=advice, step_start=start_step, step_end=steps[-1],
                 evidence={"kind": "trend", **evidence, "trend_tau": _round(tau), "window_start_loss": _round(level_start),
                           "window_end_loss": _round(level_end)},
+                key=CLIMB_KEY,
             )]
     return []
 
@@ -414,9 +433,11 @@ def _plateau_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Finding]
     # (Kendall's tau) vetoes the verdict: levels of noisy points can hide a slow real descent.
     ordered_down = tau <= PLATEAU_MAX_TAU and PLATEAU_NOISE * noise >= PLATEAU_STUCK_REL
     if trend < PLATEAU_STUCK_REL and not ordered_down and improvement < max(PLATEAU_STUCK_REL, PLATEAU_NOISE * noise):
-        tiny_lr = ctx.lr_max is not None and ctx.lr_max < 1e-6
+        # Mid-warmup the logged rates are a fraction of the preset's: judge (and quote) the preset's value.
+        peak_lr = ctx.preset_lr or ctx.lr_max
+        tiny_lr = peak_lr is not None and peak_lr < 1e-6
         lr_advice = (
-            f"the learning rate {ctx.lr_max:.2g} is far too low: raise it (training.lr, e.g. 2e-4 for LoRA)" if tiny_lr
+            f"the learning rate {peak_lr:.2g} is far too low: raise it (training.lr, e.g. 2e-4 for LoRA)" if tiny_lr
             else "the learning rate may be too low (raise training.lr 3–10x) or too high for the schedule "
                  "(a loss stuck at its starting level can also mean updates that overshoot: try ÷5 with warmup)"
         )
@@ -661,14 +682,16 @@ def analyse(
     lr_schedule: str | None = None,
     max_grad_norm: float | None = None,
     total_steps: int | None = None,
+    preset_lr: float | None = None,
 ) -> list[Finding]:
     """Findings on a run's metrics.
 
     `series` maps a metric name (loss, eval_loss, grad_norm, lr, epoch) to (step, value) pairs.
     `precision` ("fp16", "bf16", "fp32" or "auto") shapes the NaN advice; `max_grad_norm` enables
-    the clipping rule; `total_steps` tells how early "early" is.
+    the clipping rule; `total_steps` tells how early "early" is; `preset_lr` is the preset's
+    training.lr, which the advice quotes (without it, the advice can only name the highest logged rate).
     """
-    ctx = _Context(series, precision, lr_schedule, max_grad_norm, total_steps)
+    ctx = _Context(series, precision, lr_schedule, max_grad_norm, total_steps, preset_lr)
     all_loss = _clean(series.get("loss"))
     loss = _finite(all_loss)
     eval_loss = _finite(_clean(series.get("eval_loss")))

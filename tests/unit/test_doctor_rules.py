@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from engine.doctor.live import LiveDoctor
+from engine.doctor.live import UPDATE_EVERY, LiveDoctor
 from engine.doctor.rules import analyse, rolling_median, series_from_jsonl, worst_severity
 
 EVERY = 10  # logging_steps of the synthetic runs
@@ -417,16 +417,22 @@ class _Preset:
         stop_on_divergence = True
 
 
-def test_live_reports_once_and_again_only_on_material_change():
+def test_live_reports_once_and_again_only_on_material_change_or_new_figures():
     doctor = LiveDoctor(_Preset)
     loss = diverging(20, 25, seed=0, noise=0.05, growth=0.15)
     reported = []
-    for step, value in loss:
-        reported += doctor.observe(step, {"loss": value, "lr": 1e-3})
-    divergence = [f for f in reported if f.rule == "divergence"]
-    assert 1 <= len(divergence) <= 2  # once, and once more at most when it turns into an error
-    assert [f.severity for f in divergence] in (["warning"], ["error"], ["warning", "error"])
-    assert all(f.stop for f in divergence)  # stop_on_divergence
+    for index, (step, value) in enumerate(loss):
+        reported += [(index, f) for f in doctor.observe(step, {"loss": value, "lr": 1e-3})]
+    divergence = [(index, f) for index, f in reported if f.rule == "divergence"]
+    severities = [f.severity for _, f in divergence]
+    # Once, once more when it turns into an error, and its new figures now and then while it lasts.
+    assert severities[0] in ("warning", "error") and severities == sorted(severities, key=["warning", "error"].index)
+    assert len(divergence) <= 2 + len(loss) // UPDATE_EVERY
+    for (before, first), (after, second) in zip(divergence, divergence[1:]):
+        assert second.title != first.title
+        if second.severity == first.severity:
+            assert after - before >= UPDATE_EVERY, (before, after)
+    assert all(f.stop for _, f in divergence)  # stop_on_divergence
 
 
 def test_live_nan_is_reported_at_once_and_asks_to_stop():

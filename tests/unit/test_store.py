@@ -167,6 +167,66 @@ def test_findings_transcripts_eval_results(store):
     assert store.findings(run.id) == [] and store.eval_results(run.id) == []
 
 
+def _divergence(title: str, step_start: int, step_end: int, severity: str = "warning", kind: str = "rise") -> dict:
+    return {"rule": "divergence", "severity": severity, "title": title, "advice": "lower the learning rate",
+            "step_start": step_start, "step_end": step_end, "evidence": {"kind": kind, "current_loss": step_end / 10}}
+
+
+def test_a_finding_reported_again_updates_the_stored_one(store):
+    run = store.create_run("train", "demo", PRESET)
+    other = store.create_run("train", "other", PRESET)
+    assert store.add_finding(run.id, _divergence("22.5 now against its best 8", 16, 16)) is None  # new
+    first = store.findings(run.id)[0]
+    previous = store.add_finding(run.id, _divergence("36 now against its best 8", 18, 144, "error"))
+    assert previous["title"] == "22.5 now against its best 8"
+    [finding] = store.findings(run.id)
+    assert finding["title"] == "36 now against its best 8" and finding["severity"] == "error"
+    assert finding["step_start"] == 16 and finding["step_end"] == 144  # where it began, where it is now
+    assert finding["evidence"]["current_loss"] == 14.4
+    assert finding["reported_at"] >= first["reported_at"]
+    assert store.findings_updated_at(run.id) == finding["reported_at"]  # what a poller compares
+    assert store.get_run(run.id).findings == 1
+    assert store._read("select severity from findings where run_id = ?", (run.id,)) == [("error",)]
+    # Another rule, another kind of the same rule, another run: findings of their own.
+    store.add_finding(run.id, {"rule": "spikes", "severity": "info", "title": "1 loss spike(s)", "evidence": {"count": 1}})
+    store.add_finding(run.id, _divergence("the loss trends up", 20, 30, kind="trend"))
+    store.add_finding(other.id, _divergence("3 now against its best 2", 10, 12))
+    assert [f["rule"] for f in store.findings(run.id)] == ["divergence", "spikes", "divergence"]
+    assert store.get_run(run.id).findings == 3 and store.get_run(other.id).findings == 1
+    # An explicit key wins over the evidence's kind: the trend and the jump of one climb are one finding.
+    climb = store.create_run("train", "climb", PRESET)
+    store.add_finding(climb.id, {**_divergence("trends up", 36, 58, kind="trend"), "key": "climb"})
+    store.add_finding(climb.id, {**_divergence("diverges", 40, 86, "error"), "key": "climb"})
+    assert [(f["title"], f["step_start"]) for f in store.findings(climb.id)] == [("diverges", 36)]
+    assert store.get_run(climb.id).findings == 1
+
+
+def test_the_migration_folds_findings_stored_once_per_report(tmp_path, monkeypatch):
+    path = tmp_path / "db.sqlite"
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])  # the schema before issue 15
+    old = Store(path)
+    run = old.create_run("train", "old", PRESET)
+    rows = [_divergence("22.5 now", 16, 16), {"rule": "nan", "severity": "error", "title": "nan", "evidence": {}},
+            _divergence("30 now", 18, 80), _divergence("36 now", 20, 144, "error")]
+    with old._write() as conn:
+        for number, finding in enumerate(rows):
+            conn.execute("insert into findings (run_id, rule, severity, payload, time) values (?, ?, ?, ?, ?)",
+                         (run.id, finding["rule"], finding["severity"], store_mod._dumps(finding), 100.0 + number))
+        conn.execute("update runs set findings = ? where id = ?", (len(rows), run.id))
+    old.close()
+    monkeypatch.undo()
+    upgraded = Store(path)
+    assert upgraded.schema_version() == store_mod.SCHEMA_VERSION
+    findings = upgraded.findings(run.id)
+    assert [(f["rule"], f["title"], f["severity"], f.get("step_start"), f.get("step_end")) for f in findings] == [
+        ("divergence", "36 now", "error", 16, 144), ("nan", "nan", "error", None, None)]
+    assert upgraded.get_run(run.id).findings == 2
+    assert upgraded._read("select severity, time, updated_at from findings order by id") == [("error", 100.0, 103.0),
+                                                                                             ("error", 101.0, 101.0)]
+    upgraded.add_finding(run.id, _divergence("40 now", 22, 150, "error"))  # and it goes on updating
+    assert [f["title"] for f in upgraded.findings(run.id)] == ["40 now", "nan"]
+
+
 def test_threads_share_a_store(store):
     run = store.create_run("train", "demo", PRESET)
     errors = []

@@ -252,6 +252,43 @@ def test_rebuild_from_hand_made_folders_brings_every_run_back(workspace):
     assert check_store(workspace).complete
 
 
+def _climb(title: str, step_start: int, step_end: int, severity: str = "warning") -> dict:
+    return {"rule": "divergence", "severity": severity, "title": title, "advice": "lower the learning rate",
+            "step_start": step_start, "step_end": step_end, "evidence": {"kind": "rise"}, "key": "climb"}
+
+
+def test_a_finding_updated_in_place_comes_back_from_a_rebuild_as_one(workspace):
+    store = open_store(workspace)
+    run = _create(store, workspace, "diverging")
+    store.set_state(run.id, "running")
+    sink = DbSink(store, run.id, flush_interval=60)
+    sink.finding(_climb("22.5 now against its best 8", 16, 16))
+    sink.finding({"rule": "spikes", "severity": "info", "title": "1 loss spike(s)", "step_start": 30, "step_end": 30})
+    sink.finding(_climb("30 now against its best 8", 18, 80))
+    sink.flush()
+    store.close()
+    # The store is lost mid-run: the last update reaches the folder only.
+    workspace.store_db.write_bytes(os.urandom(8192))
+    for suffix in ("-wal", "-shm"):
+        (workspace.root / f"tunebench.db{suffix}").unlink(missing_ok=True)
+    sink.finding(_climb("36 now against its best 8", 20, 144, "error"))
+    assert sink.lost is not None
+    sink.close()
+    assert len([r for r in _journal(workspace, run.id) if r["type"] == "finding"]) == 4  # every report is kept
+
+    _forget_store(workspace)
+    rebuild_store(workspace)
+    rebuilt = open_store(workspace)
+    findings = rebuilt.findings(run.id)
+    assert [(f["rule"], f["title"], f["severity"], f["step_start"], f["step_end"]) for f in findings] == [
+        ("divergence", "36 now against its best 8", "error", 16, 144), ("spikes", "1 loss spike(s)", "info", 30, 30)]
+    assert rebuilt.get_run(run.id).findings == 2
+    # The rebuilt store goes on updating it.
+    rebuilt.add_finding(run.id, _climb("40 now against its best 8", 22, 150, "error"))
+    assert [f["title"] for f in rebuilt.findings(run.id)] == ["40 now against its best 8", "1 loss spike(s)"]
+    assert rebuilt.get_run(run.id).findings == 2
+
+
 def test_rebuild_keeps_a_damaged_file_aside_and_refuses_a_sound_one(workspace, capsys):
     store, done, resumed, waiting = _hand_made_workspace(workspace)
     store.close()

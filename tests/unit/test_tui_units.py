@@ -206,6 +206,12 @@ def test_feed_reads_only_new_rows(workspace):
     assert first.findings and first.findings[0]["rule"] == "plateau"
     second = feed.read()
     assert second.rows_read == 0 and second.plots is None and second.findings is None and second.log_text == ""
+    store.add_finding("r-fixed-0005", {"rule": "plateau", "severity": "warning", "title": "eval loss flat for 5 evaluations",
+                                       "advice": "lower the learning rate or stop early", "step_start": 50,
+                                       "step_end": 120, "evidence": {}, "stop": False})
+    updated = feed.read()  # the same finding, new figures: the count is unchanged, the panel is not
+    assert [f["title"] for f in updated.findings] == ["eval loss flat for 5 evaluations"]
+    assert feed.read().findings is None
     store.add_metrics("r-fixed-0005", [(125, "loss", 0.5, 0.0)])
     third = feed.read()
     assert third.rows_read == 1
