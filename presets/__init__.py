@@ -8,10 +8,12 @@ from presets.loader import (
     apply_overrides,
     builtin_names,
     check_name,
+    delete_user_preset,
     dump_preset,
     find_preset_file,
     load_preset,
     load_preset_text,
+    rename_user_preset,
     resolve_paths,
     save_user_preset,
     validate_preset,
@@ -20,6 +22,7 @@ from presets.schema import EvalPreset, MergePreset, Preset, TrainPreset
 
 __all__ = [
     "EvalPreset", "MergePreset", "Preset", "PresetError", "Problem", "TrainPreset",
-    "TunebenchError", "apply_overrides", "builtin_names", "check_name", "dump_preset", "find_preset_file", "load_preset",
-    "load_preset_text", "resolve_paths", "save_user_preset", "validate_preset",
+    "TunebenchError", "apply_overrides", "builtin_names", "check_name", "delete_user_preset", "dump_preset",
+    "find_preset_file", "load_preset", "load_preset_text", "rename_user_preset", "resolve_paths", "save_user_preset",
+    "validate_preset",
 ]

@@ -407,6 +407,79 @@ def save_user_preset(workspace: str | os.PathLike, name: str, text: str) -> Path
     return target
 
 
+
+def _user_file(workspace: str | os.PathLike, name: str) -> Path | None:
+    for suffix in (".yaml", ".yml"):
+        path = user_dir(workspace) / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _missing_user_preset(workspace: str | os.PathLike, name: str, verb: str) -> PresetError:
+    if name in builtin_names():
+        return PresetError(name, [Problem("", f"{name} is a built-in preset; built-ins ship with tunebench and "
+                                               f"cannot be {verb}")],
+                           advice=f"copy it into the workspace (tunebench presets copy {name} NEW) and change the copy")
+    names = sorted(p.stem for p in user_dir(workspace).glob("*.y*ml"))
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return PresetError(name, [Problem("", f"no workspace preset named {name!r}{hint}")])
+
+
+def delete_user_preset(workspace: str | os.PathLike, name: str) -> Path:
+    """Delete a workspace preset; return the path it had. Built-ins are never deleted."""
+    check_name(name)
+    path = _user_file(workspace, name)
+    if path is None:
+        raise _missing_user_preset(workspace, name, "deleted")
+    path.unlink()
+    return path
+
+
+def rename_user_preset(workspace: str | os.PathLike, old: str, new: str) -> Path:
+    """Rename a workspace preset (its file and its top-level `name:`); return the new path.
+
+    Refuses a built-in, and a new name that any preset has already: a workspace preset named like a
+    built-in would hide it. The text is not validated, so a broken preset can be renamed too."""
+    check_name(old)
+    check_name(new, "new preset name")
+    source = _user_file(workspace, old)
+    if source is None:
+        raise _missing_user_preset(workspace, old, "renamed")
+    if new == old:
+        raise PresetError(new, [Problem("", "the new name is the old name")])
+    if _user_file(workspace, new) is not None:
+        raise PresetError(new, [Problem("", f"a workspace preset named {new} exists already; delete it first "
+                                            "or pick another name")])
+    if new in builtin_names():
+        raise PresetError(new, [Problem("", f"{new} is a built-in preset's name; a workspace preset of that name "
+                                            "would hide it")])
+    text = read_text(source)
+    target = user_dir(workspace) / f"{new}.yaml"
+    tmp = target.with_suffix(".yaml.tmp")
+    tmp.write_text(_renamed(text, old, new), encoding="utf-8")
+    os.replace(tmp, target)
+    source.unlink()
+    return target
+
+
+def _renamed(text: str, old: str, new: str) -> str:
+    """The text with its top-level `name: old` line now naming `new`; the rest (comments) untouched."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(data, dict) or data.get("name") != old:
+        return text
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        if line.startswith("name:"):
+            lines[index] = f"name: {new}"
+            break
+    return "\n".join(lines)
+
+
 def _resolve_path(value: str, workspace: Path, base: Path) -> str:
     if WORKSPACE_TOKEN in value:
         return value.replace(WORKSPACE_TOKEN, str(workspace))

@@ -242,3 +242,13 @@ class Backend:
 
         return save_user_preset(self.workspace.root, name, text)
 
+    def delete_preset(self, name: str) -> Path:
+        from presets import delete_user_preset
+
+        return delete_user_preset(self.workspace.root, name)
+
+    def rename_preset(self, old: str, new: str) -> Path:
+        from presets import rename_user_preset
+
+        return rename_user_preset(self.workspace.root, old, new)
+

@@ -3,7 +3,6 @@ duplicate YAML keys, a zero learning rate, an absurd max_length, and key names f
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 

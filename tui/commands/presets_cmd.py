@@ -1,14 +1,14 @@
-"""`tunebench presets …`: list, show, copy and validate presets."""
+"""`tunebench presets …`: list, show, copy, rename, delete and validate presets."""
 
 from __future__ import annotations
 
 import argparse
 
-from tui.commands.common import CliError, add_preset_args, console, load_preset_from_args, workspace
+from tui.commands.common import CliError, add_preset_args, confirm, console, load_preset_from_args, workspace
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("presets", help="list, show, copy and validate presets")
+    parser = subparsers.add_parser("presets", help="list, show, copy, rename, delete and validate presets")
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     actions.add_parser("list", help="built-in and workspace presets").set_defaults(handler=_list)
@@ -25,6 +25,16 @@ def register(subparsers) -> None:
     copy.add_argument("source", help="preset to copy (usually a built-in)")
     copy.add_argument("name", help="name of the new workspace preset")
     copy.set_defaults(handler=_copy)
+
+    move = actions.add_parser("mv", help="rename a workspace preset (built-ins cannot be renamed)")
+    move.add_argument("old", help="workspace preset to rename")
+    move.add_argument("new", help="its new name (no preset may have it already)")
+    move.set_defaults(handler=_mv)
+
+    remove = actions.add_parser("rm", help="delete a workspace preset (built-ins cannot be deleted)")
+    remove.add_argument("name", help="workspace preset to delete")
+    remove.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    remove.set_defaults(handler=_rm)
 
     reference = actions.add_parser("reference", help="print every preset field (Markdown), or update the README's copy")
     reference.add_argument("--update", metavar="README", help="rewrite the generated block of this README in place")
@@ -79,6 +89,31 @@ def _copy(args: argparse.Namespace) -> int:
     lines = [f"name: {args.name}" if line.startswith("name:") else line for line in text.splitlines()]
     path = save_user_preset(root, args.name, "\n".join(lines) + "\n")
     console().print(f"wrote {path}")
+    return 0
+
+
+def _mv(args: argparse.Namespace) -> int:
+    from presets import rename_user_preset
+
+    path = rename_user_preset(workspace(args).root, args.old, args.new)
+    console().print(f"renamed {args.old} to {args.new} ({path})")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from presets import builtin_names, check_name, delete_user_preset
+    from presets.loader import user_dir
+
+    check_name(args.name)
+    root = workspace(args).root
+    # Ask only about a preset that exists: delete_user_preset refuses a built-in or a typo with the reason.
+    if any((user_dir(root) / f"{args.name}{suffix}").is_file() for suffix in (".yaml", ".yml")):
+        stays = " (the built-in of that name stays)" if args.name in builtin_names() else ""
+        if not confirm(f"delete workspace preset {args.name}{stays}?", args.yes):
+            console().print("nothing deleted")
+            return 1
+    path = delete_user_preset(root, args.name)
+    console().print(f"deleted {path}")
     return 0
 
 

@@ -1,8 +1,11 @@
-"""Presets: pick one, edit its YAML (validated as you type), or use the form; save, copy, diff, submit.
+"""Presets: pick one, edit its YAML (validated as you type), or use the form; save, copy, rename,
+delete, diff, submit.
 
 The YAML text is the one source of truth. The form writes single values into it as TextArea edits
-(tui.preset_yaml.plan_edit: comments, order and undo survive); every change of the text is
-validated in a worker and the result fills the problem list, the gutter marks and the form.
+(tui.preset_yaml.plan_edit: comments, order and undo survive), and only when the user changes a
+field. Every change of the text is validated in a worker; a result fills the problem list, the
+gutter marks and the form only if the text is still the one it was computed from (a generation
+counter), so a late result never writes into what the user has typed since.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ class PresetsScreen(Screen):
         Binding("ctrl+t", "duplicate", "Duplicate"),
         Binding("ctrl+g", "diff", "Diff"),
         Binding("ctrl+r", "submit", "Submit"),
+        # Printable keys: only the preset list takes them (check_action), the editor and fields type them.
+        Binding("d,delete", "delete_preset", "Delete"),
+        Binding("r,f2", "rename_preset", "Rename"),
         Binding("escape", "focus_list", "List", show=False),
     ]
 
@@ -72,9 +78,10 @@ class PresetsScreen(Screen):
             self.text = text
 
     class Validated(Message):
-        def __init__(self, validation: Validation):
+        def __init__(self, validation: Validation, generation: int):
             super().__init__()
             self.validation = validation
+            self.generation = generation  # of the editor text it was computed from
 
     def __init__(self):
         super().__init__()
@@ -82,6 +89,7 @@ class PresetsScreen(Screen):
         self.current: PresetEntry | None = None
         self.saved_text = ""
         self.validation: Validation | None = None
+        self.generation = 0  # counts changes of the editor text; a validation applies to its own only
 
     def compose(self) -> ComposeResult:
         yield StatusLine("Presets")
@@ -175,7 +183,7 @@ class PresetsScreen(Screen):
         editor.load_text(message.text)
         editor.border_title = f"{message.entry.name}.yaml ({message.entry.origin})"
         self._update_title()
-        self.validate(message.text)
+        self._check(message.text)
 
     @property
     def modified(self) -> bool:
@@ -200,18 +208,23 @@ class PresetsScreen(Screen):
     @on(TextArea.Changed, "#editor")
     def _edited(self, event: TextArea.Changed) -> None:
         self._update_title()
-        self.validate(event.text_area.text)
+        self._check(event.text_area.text)
+
+    def _check(self, text: str) -> None:
+        self.generation += 1
+        self.validate(text, self.generation)
 
     @work(thread=True, exclusive=True, group="validate", exit_on_error=False)
-    def validate(self, text: str) -> None:
-        self.post_message(self.Validated(check_text(text, self.current.name if self.current else "<editor>")))
+    def validate(self, text: str, generation: int) -> None:
+        source = self.current.name if self.current else "<editor>"
+        self.post_message(self.Validated(check_text(text, source), generation))
 
     @on(Validated)
     def _validated(self, message: Validated) -> None:
         validation = message.validation
         editor = self.query_one(YamlEditor)
-        if validation.text != editor.text:
-            return  # a newer edit is being checked
+        if message.generation != self.generation or validation.text != editor.text:
+            return  # the text changed since: its own validation is on the way
         self.validation = validation
         rows: dict[int, str] = {}
         for problem in validation.problems:
@@ -251,6 +264,7 @@ class PresetsScreen(Screen):
 
     @on(PresetForm.FieldChanged)
     def _form_changed(self, message: PresetForm.FieldChanged) -> None:
+        """A user edit of a form field (the form posts nothing when it is refilled from the text)."""
         editor = self.query_one(YamlEditor)
         try:
             edit = plan_edit(editor.text, message.field.path, parse_field(message.field, message.text))
@@ -263,6 +277,72 @@ class PresetsScreen(Screen):
 
     def action_focus_list(self) -> None:
         self.query_one("#preset-names", OptionList).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("delete_preset", "rename_preset"):  # hidden, and the keys left alone, off the list
+            return self.query_one("#preset-names", OptionList).has_focus
+        return True
+
+    def _highlighted(self) -> PresetEntry | None:
+        names = self.query_one("#preset-names", OptionList)
+        if names.highlighted is None:
+            return None
+        key = names.get_option_at_index(names.highlighted).id
+        return next((e for e in self.entries if e.key == key), None)
+
+    def _builtin_refused(self, entry: PresetEntry, verb: str) -> bool:
+        if entry.origin == "built-in":
+            self.notify(f"{entry.name} is a built-in preset and cannot be {verb}; ^t copies it into the workspace.",
+                        severity="warning", timeout=5)
+            return True
+        return False
+
+    def action_delete_preset(self) -> None:
+        entry = self._highlighted()
+        if entry is None or self._builtin_refused(entry, "deleted"):
+            return
+        lost = " and your unsaved changes" if self.current == entry and self.modified else ""
+        question = Content.from_markup("Delete workspace preset [b]$name[/]$lost?\n$path",
+                                       name=entry.name, lost=lost, path=str(entry.path))
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.app.call_blocking(f"delete {entry.name}", self.app.backend.delete_preset, entry.name,
+                                       then=lambda path: self._deleted(entry, path))
+
+        self.app.push_screen(ConfirmScreen(question, "Delete"), answered)
+
+    def _deleted(self, entry: PresetEntry, path: Path) -> None:
+        if self.current == entry:
+            self.current = None  # the list opens another preset in the editor
+            self.saved_text = ""
+        self.notify(f"Deleted {path}.", timeout=3)
+        self.list_presets()
+
+    def action_rename_preset(self) -> None:
+        entry = self._highlighted()
+        if entry is None or self._builtin_refused(entry, "renamed"):
+            return
+        if self.current == entry and self.modified:
+            self.notify(f"Save (^s) or discard the changes to {entry.name} before renaming it.", severity="warning",
+                        timeout=5)
+            return
+        taken = {e.name for e in self.entries}  # a workspace preset named like a built-in would hide it
+
+        def named(name: str | None) -> None:
+            if name:
+                self.app.call_blocking(f"rename {entry.name}", self.app.backend.rename_preset, entry.name, name,
+                                       then=lambda path: self._renamed(entry, name, path))
+
+        self.app.push_screen(NameScreen(f"Rename {entry.name} to:", entry.name, taken - {entry.name}), named)
+
+    def _renamed(self, entry: PresetEntry, name: str, path: Path) -> None:
+        select = None
+        if self.current == entry:
+            self.current = None  # reload it under its new name
+            select = f"workspace:{name}"
+        self.notify(f"Renamed {entry.name} to {name}.", timeout=3)
+        self.list_presets(select)
 
     def action_save(self) -> None:
         if self.current is None:
@@ -291,19 +371,29 @@ class PresetsScreen(Screen):
 
     def action_duplicate(self) -> None:
         """Copy the highlighted preset as it is on disk (not the editor's changes) into the workspace."""
-        names = self.query_one("#preset-names", OptionList)
-        if names.highlighted is None:
-            return
-        key = names.get_option_at_index(names.highlighted).id
-        entry = next((e for e in self.entries if e.key == key), None)
+        entry = self._highlighted()
         if entry is None:
             return
 
         def named(name: str | None) -> None:
             if name:
+                self.discard_changes()  # asked below: the copy replaces the editor's text
                 self._duplicate(entry, name)
 
-        self.app.push_screen(NameScreen(f"Duplicate {entry.name} as:", f"{entry.name}-copy", self._taken()), named)
+        def ask_name() -> None:
+            self.app.push_screen(NameScreen(f"Duplicate {entry.name} as:", f"{entry.name}-copy", self._taken()), named)
+
+        if not self.modified:
+            ask_name()
+            return
+
+        # The copy opens in the editor: unsaved edits are thrown away on purpose, or the user stays.
+        def answered(yes: bool | None) -> None:
+            if yes:
+                ask_name()
+
+        self.app.push_screen(ConfirmScreen(f"Discard the unsaved changes to {self.current.name}?", "Discard"),
+                             answered)
 
     @work(thread=True, group="presets-io", exit_on_error=False)
     def _duplicate(self, entry: PresetEntry, name: str) -> None:

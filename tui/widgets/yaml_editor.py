@@ -1,16 +1,23 @@
 """The preset YAML editor: a TextArea with YAML highlighting and a mark in the gutter on each line
 that has a validation problem (the problem itself shows below the editor and in its border when
-the cursor is on that line)."""
+the cursor is on that line).
+
+Tab indents, as an editor's Tab should, so Tab cannot take the focus out: escape does (a key
+TextArea leaves free, that every terminal sends over SSH), and the footer says so."""
 
 from __future__ import annotations
 
 from rich.segment import Segment
 from rich.style import Style
+from textual.binding import Binding
 from textual.strip import Strip
 from textual.widgets import TextArea
 
 
 class YamlEditor(TextArea):
+    # priority: before TextArea's own key handling, so the footer names the key that really acts.
+    BINDINGS = [Binding("escape", "leave", "Leave editor", priority=True)]
+
     def __init__(self, *, id: str | None = None):
         # tree-sitter-yaml gives the highlighting; without it the editor still works, uncoloured.
         from textual._tree_sitter import TREE_SITTER, get_language
@@ -20,6 +27,9 @@ class YamlEditor(TextArea):
                          soft_wrap=False)
         self.indent_width = 2
         self.problem_rows: dict[int, str] = {}  # 0-based row → message
+
+    def action_leave(self) -> None:
+        self.screen.focus_next()
 
     def set_problems(self, rows: dict[int, str]) -> None:
         if rows != self.problem_rows:
