@@ -57,6 +57,11 @@ def _lose_the_store(ws, damage: bytes | None) -> None:
         ws.store_db.write_bytes(damage)
 
 
+@pytest.fixture(autouse=True)
+def wide_console(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps at the console width, even inside a path
+
+
 def _cli(ws, capsys, *argv) -> tuple[int, str]:
     code = main(["-w", str(ws.root), *argv])
     captured = capsys.readouterr()
