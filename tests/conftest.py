@@ -96,3 +96,24 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cli(workspace, tmp_path, monkeypatch, capsys):
+    """`tunebench` in-process on `workspace`: cli(*args) -> (exit code, output with whitespace
+    flattened). It runs from a folder inside tmp_path, so a path escaping the workspace (../../evil)
+    still lands where a test that lists tmp_path sees it; a wide console keeps messages unwrapped."""
+    from tui.cli import main
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(*args: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["-w", str(workspace.root), *args])
+        captured = capsys.readouterr()
+        return code, " ".join((captured.out + captured.err).split())
+
+    return run

@@ -11,7 +11,6 @@ from presets.loader import NAME_MAX_LENGTH
 from presets.other_tools import KEYS_FROM_OTHER_TOOLS
 from presets.reference import _rows
 from presets.schema import EvalPreset, MergePreset, TrainPreset
-from tui.cli import main
 
 BASE = """\
 name: t
@@ -24,31 +23,9 @@ training:
 """
 
 
-def flat(text: str) -> str:
-    """Rich wraps long messages at the console width; compare words, not line breaks."""
-    return " ".join(text.split())
-
 
 def files_under(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
-
-
-@pytest.fixture
-def cli(workspace, tmp_path, monkeypatch, capsys):
-    """Run the CLI in-process in a folder inside tmp_path, so that a path escaping the workspace
-    (../../evil) still lands where files_under(tmp_path) sees it."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        code = main(["-w", str(workspace.root), *args])
-        captured = capsys.readouterr()
-        return code, flat(captured.out + captured.err)
-
-    return run
 
 
 def assert_refused_and_nothing_written(cli, tmp_path, args, expected):

@@ -8,25 +8,7 @@ import yaml
 
 from presets import PresetError, builtin_names, delete_user_preset, rename_user_preset, save_user_preset
 from presets.loader import builtin_dir, user_dir
-from tui.cli import main
 
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.fixture
-def cli(workspace, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        code = main(["-w", str(workspace.root), *args])
-        captured = capsys.readouterr()
-        return code, flat(captured.out + captured.err)
-
-    return run
 
 
 def demo_copy(workspace, name: str) -> str:
