@@ -23,7 +23,6 @@ training:
 """
 
 
-
 def files_under(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 

@@ -10,7 +10,6 @@ from presets import PresetError, builtin_names, delete_user_preset, rename_user_
 from presets.loader import builtin_dir, user_dir
 
 
-
 def demo_copy(workspace, name: str) -> str:
     text = "# my notes\n" + (builtin_dir() / "demo.yaml").read_text().replace("name: demo", f"name: {name}", 1)
     save_user_preset(workspace.root, name, text)
