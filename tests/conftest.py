@@ -108,7 +108,7 @@ def cli(workspace, tmp_path, monkeypatch, capsys):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("COLUMNS", "300")
 
     def run(*args: str) -> tuple[int, str]:
         capsys.readouterr()

@@ -11,7 +11,6 @@ import pytest
 
 from jobs.queue import JobQueue
 from jobs.store import open_store
-from tui.cli import main
 
 PRESET = """\
 name: atomic
@@ -25,18 +24,10 @@ training:
 
 
 @pytest.fixture
-def cli(workspace, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("COLUMNS", "300")  # one line per message: compare words, not wrapping
-    # Nothing here may start a real engine, whatever happens.
+def cli(cli, monkeypatch):
+    """conftest's in-process CLI, where nothing may start a real engine, whatever happens."""
     monkeypatch.setattr("jobs.control.ensure_engine", lambda ws: None)
-
-    def run(*args: str) -> tuple[int, str]:
-        capsys.readouterr()
-        code = main(["-w", str(workspace.root), *args])
-        captured = capsys.readouterr()
-        return code, " ".join((captured.out + captured.err).split())
-
-    return run
+    return cli
 
 
 @pytest.fixture
