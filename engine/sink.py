@@ -11,7 +11,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 StopReason = Literal["cancel", "interrupt", "nan", "diverged", "early_stop"]
 Level = Literal["debug", "info", "warning", "error"]
@@ -84,6 +84,76 @@ class MultiSink(Sink):
     def close(self):
         for s in self.sinks:
             s.close()
+
+
+class TextLogSink(Sink):
+    """The run's story as plain lines, for run.log and `tunebench logs`: what is loading, the data
+    figures, a progress line about every hundredth of the run, evaluations, checkpoints, warnings,
+    the doctor's findings. The store has it all too; this is what a person reads with `tail -f`."""
+
+    PROGRESS_LINES = 100  # per run, so a 100k-step run does not write 100k lines
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.total: int | None = None
+        self._every = 1
+        self._next_step = 0
+
+    def _line(self, text: str) -> None:
+        try:
+            print(f"{time.strftime('%H:%M:%S')} {text}", file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass  # a full disk or a closed log must not stop training: the store has the record
+
+    def run_started(self, info):
+        self.total = int(info["total_steps"]) if info.get("total_steps") else None
+        self._every = max(1, (self.total or 0) // self.PROGRESS_LINES)
+        start = int(info.get("start_step") or 0)
+        self._next_step = start + self._every
+        what = f"resumed at step {start}" if start else "started"
+        figures = [f"{info[key]} {label}" for key, label in (
+            ("method", "method"), ("device", "device"), ("precision", "precision"),
+            ("train_samples", "training samples"), ("eval_samples", "validation samples"),
+            ("total_steps", "steps")) if info.get(key) is not None]
+        if info.get("trainable_params") and info.get("total_params"):
+            share = 100 * info["trainable_params"] / info["total_params"]
+            figures.append(f"{info['trainable_params']:,} of {info['total_params']:,} parameters trainable ({share:.3g} %)")
+        self._line(f"{what}: " + ", ".join(figures))
+
+    def _step(self, step: int) -> str:
+        return f"step {step}/{self.total}" if self.total else f"step {step}"
+
+    def metrics(self, step, values):
+        if "eval_loss" in values:
+            extra = f", perplexity {format_figure(values['eval_ppl'])}" if "eval_ppl" in values else ""
+            self._line(f"{self._step(step)}: eval loss {format_figure(values['eval_loss'])}{extra}")
+            return
+        if "loss" not in values or (step < self._next_step and step != self.total):
+            return
+        self._next_step = step + self._every
+        parts = [f"loss {format_figure(values['loss'])}"]
+        parts += [f"{label} {format_figure(values[key])}" for key, label in (
+            ("grad_norm", "grad norm"), ("lr", "lr"), ("tokens_per_s", "tokens/s")) if key in values]
+        self._line(f"{self._step(step)}: " + ", ".join(parts))
+
+    def event(self, level, text, step=None):
+        where = f"[step {step}] " if step is not None else ""
+        self._line(f"{'' if level == 'info' else level + ': '}{where}{text}")
+
+    def checkpoint(self, step, path, metrics):
+        self._line(f"checkpoint at step {step}: {path}")
+
+    def checkpoint_removed(self, step, path):
+        self._line(f"removed checkpoint {step} (keep policy)")
+
+    def finding(self, finding):
+        advice = f" → {finding['advice']}" if finding.get("advice") else ""
+        self._line(f"doctor {finding.get('severity', 'info')} ({finding.get('rule')}): {finding.get('title')}{advice}")
+
+
+def format_figure(value: float) -> str:
+    """A metric as a log shows it: four significant figures; NaN and inf by name."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
 
 
 def _json_value(value: float) -> float | str:

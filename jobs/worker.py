@@ -3,7 +3,7 @@
 The engine claims the run (queued → running) and starts this process with CUDA_VISIBLE_DEVICES
 pinned and stdout/stderr going to runs/<id>/run.log. It dispatches on the frozen preset's kind —
 train → engine.train.train, eval → engine.evaluate.run_eval, merge → engine.merge.run_merge — with
-a DbSink, and records how the run ended. When the process exits, all its (GPU) memory goes with it.
+a DbSink (the store) and a TextLogSink (run.log), and records how the run ended. When the process exits, all its (GPU) memory goes with it.
 
 SIGTERM, SIGINT and SIGHUP do not kill it: they make the sink answer "interrupt", so training
 saves a checkpoint at the next step boundary and the run ends `interrupted`.
@@ -33,6 +33,7 @@ DRY_RUN_TICK = 0.1
 
 if TYPE_CHECKING:
     from engine.outcome import JobOutcome
+    from engine.sink import Sink
 
 
 # --------------------------------------------------------------------------- job bodies
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 # engine only to run a job); settle() turns it into the run's final state.
 
 
-def dry_run(run: Run, sink: DbSink) -> JobOutcome:
+def dry_run(run: Run, sink: Sink) -> JobOutcome:
     """The whole queue and worker path without training: one event, metrics, then done.
 
     `info.dry_run_seconds` keeps it "running" that long, emitting a `dry_run_tick` metric (its value
@@ -70,7 +71,7 @@ def _load_frozen(run: Run, ws: Workspace):
     return load_preset_text(run.preset_yaml, str(ws.run_dir(run.id) / "preset.yaml"))
 
 
-def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
+def train_job(run: Run, ws: Workspace, store: Store, sink: Sink) -> JobOutcome:
     """A single-process preset trains here; a multi-process one runs as `accelerate launch` of
     engine.dist_entry, whose launcher passes rank 0's records to this sink and its stop requests
     (cancel, the SIGTERM interrupt, a dead engine) to every rank."""
@@ -88,7 +89,7 @@ def train_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome
     return body(preset, ws.run_dir(run.id), sink, resume_from=resume_from)
 
 
-def eval_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
+def eval_job(run: Run, ws: Workspace, store: Store, sink: Sink) -> JobOutcome:
     from engine.evaluate import run_eval
     from jobs.targets import eval_output_dir, resolve_eval_preset
 
@@ -102,7 +103,7 @@ def eval_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
     return outcome
 
 
-def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome:
+def merge_job(run: Run, ws: Workspace, store: Store, sink: Sink) -> JobOutcome:
     from engine.merge import run_merge
     from jobs.targets import merge_output_dir, resolve_merge_preset
 
@@ -110,6 +111,9 @@ def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome
     out_dir = merge_output_dir(ws, preset, run.id)
     outcome = run_merge(resolve_merge_preset(preset, ws, store=store), out_dir, sink)
     if outcome.status == "completed":
+        from engine.card import write_model_card
+
+        write_model_card(out_dir, run_dir=ws.run_dir(preset.run) if preset.run else None, merge=outcome.details)
         store.update_run(run.id, info={"out_dir": str(out_dir), "result": outcome.details})
     return outcome
 
@@ -117,7 +121,7 @@ def merge_job(run: Run, ws: Workspace, store: Store, sink: DbSink) -> JobOutcome
 JOBS = {"train": train_job, "eval": eval_job, "merge": merge_job}
 
 
-def settle(run: Run, store: Store, sink: DbSink, outcome: JobOutcome) -> JobOutcome:
+def settle(run: Run, store: Store, sink: Sink, outcome: JobOutcome) -> JobOutcome:
     """The run's final state (completed, failed, cancelled or interrupted) from how its job ended."""
     from engine.outcome import JobOutcome
 
@@ -157,10 +161,14 @@ def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
     if run is None or run.state != "running":
         print(f"run {run_id}: {'removed' if run is None else run.state}, not running; nothing to do", flush=True)
         return 0
-    sink = DbSink(store, run_id, parent_pid=engine_pid)
+    from engine.sink import MultiSink, TextLogSink
+
+    recorder = DbSink(store, run_id, parent_pid=engine_pid)
+    # The store gets the records; stdout (run.log) gets the story in plain lines.
+    sink = MultiSink(recorder, TextLogSink(sys.stdout))
 
     def interrupt(signum, frame):
-        sink.interrupt()  # only a flag: printing here could re-enter a write in progress
+        recorder.interrupt()  # only a flag: printing here could re-enter a write in progress
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, interrupt)
@@ -181,7 +189,7 @@ def run_job(ws: Workspace, run_id: str, engine_pid: int | None = None) -> int:
             sink.close()
         except Exception:
             traceback.print_exc()
-    lost = lost or sink.lost
+    lost = lost or recorder.lost
     if lost is None:
         try:
             store.set_state(run_id, outcome.status, error=outcome.error, advice=outcome.advice, expect="running")

@@ -51,6 +51,12 @@ def test_three_training_jobs_run_in_order_and_metrics_are_readable_while_they_ru
         assert _loss_steps(store, run.id) == [1, 2, 3, 4]
         assert [c.step for c in store.list_checkpoints(run.id)] == [4]
         assert (ws.run_dir(run.id) / "final").is_dir()
+    # run.log tells the run's story as it goes, not just its header and its end.
+    story = (ws.run_dir(done[0].id) / "run.log").read_text()
+    for line in ("loading tokenizer and data", "loading model on cpu", "started: ", "training samples",
+                 "step 1/4: loss ", "step 4/4: eval loss ", "checkpoint at step 4: ", "saved the result to ",
+                 f"=== run {done[0].id}: completed"):
+        assert line in story, story
 
 
 @pytest.mark.slow

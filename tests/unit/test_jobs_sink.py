@@ -89,3 +89,44 @@ def test_should_stop_when_the_engine_is_gone(store, run):
     sink = DbSink(store, run.id, parent_pid=-1)  # not our parent: as if the engine had died
     assert sink.should_stop() == "interrupt"
     sink.close()
+
+
+def test_the_text_log_tells_the_story_with_about_a_hundred_progress_lines():
+    import io
+
+    from engine.sink import TextLogSink
+
+    out = io.StringIO()
+    log = TextLogSink(out)
+    log.run_started({"total_steps": 1000, "method": "lora", "device": "cpu", "train_samples": 90,
+                     "trainable_params": 250, "total_params": 1000})
+    log.event("info", "loading model on cpu (fp32)")
+    for step in range(1, 1001):
+        log.metrics(step, {"loss": 2.0 - step / 1000, "lr": 1e-3})
+    log.metrics(1000, {"eval_loss": 0.5, "eval_ppl": 1.65})
+    log.event("warning", "loss spiked", step=500)
+    log.finding({"rule": "plateau", "severity": "warning", "title": "loss flat", "advice": "raise training.lr"})
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]  # without the time stamp
+    assert lines[0] == ("started: lora method, cpu device, 90 training samples, 1000 steps, "
+                        "250 of 1,000 parameters trainable (25 %)")
+    assert lines[1] == "loading model on cpu (fp32)"
+    progress = [line for line in lines if line.startswith("step ") and ": loss " in line]
+    assert len(progress) == 100
+    assert progress[0] == "step 10/1000: loss 1.99, lr 0.001" and progress[-1] == "step 1000/1000: loss 1, lr 0.001"
+    assert lines[-3:] == ["step 1000/1000: eval loss 0.5, perplexity 1.65", "warning: [step 500] loss spiked",
+                          "doctor warning (plateau): loss flat → raise training.lr"]
+
+
+def test_a_resumed_run_logs_progress_from_its_checkpoint_step():
+    import io
+
+    from engine.sink import TextLogSink
+
+    out = io.StringIO()
+    log = TextLogSink(out)
+    log.run_started({"total_steps": 10, "start_step": 6})
+    for step in range(7, 11):
+        log.metrics(step, {"loss": 1.0})
+    lines = [line.split(" ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == ["resumed at step 6: 10 steps", "step 7/10: loss 1", "step 8/10: loss 1", "step 9/10: loss 1",
+                     "step 10/10: loss 1"]
