@@ -33,7 +33,7 @@ from textual.signal import Signal
 
 from tui.backend import Backend, EngineInfo, GpuInfo, Overview
 from tui.format import user_message
-from tui.config import TuiConfig
+from tui.config import TuiConfig, remember
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,7 @@ class TunebenchApp(App[int]):
         self.pending: list[str] = []  # blocking actions in flight, shown with a spinner
         self.ticks = 0
         self.state_signal: Signal[None] = Signal(self, "state")
+        self._drawn_overview: Overview | None = None  # the last poll the screens were told of
         self._overview_worker = None
         self._status_worker = None
         self._opened_when_done = False
@@ -154,6 +155,7 @@ class TunebenchApp(App[int]):
     def on_mount(self) -> None:
         if self.config.theme in self.available_themes:
             self.theme = self.config.theme
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
         self.config.workspace.ensure()
         # The first reads start once the first frame is on the terminal: the status probe imports
         # the engine side (Huey) and would compete with the first paint for the GIL.
@@ -164,6 +166,15 @@ class TunebenchApp(App[int]):
             self.call_blocking("start the engine", self.backend.start_engine, quiet=True)
         if self.config.open_run:
             self.action_open_screen("dashboard")
+
+    def _remember_theme(self, theme) -> None:
+        """The theme picked in the palette is the next start's (tui/config.py)."""
+        if theme.name != self.config.theme:
+            self.config = self.config.with_(theme=theme.name)
+            try:
+                remember(self.config.workspace, theme=theme.name)
+            except OSError as exc:  # a read-only workspace: the theme still applies to this session
+                self.notify(f"could not remember the theme: {exc}", severity="warning")
 
     def get_default_screen(self) -> Screen:
         """Runs is the home screen: the bottom of the stack, painted first."""
@@ -192,9 +203,12 @@ class TunebenchApp(App[int]):
         self.call_from_thread(self._apply_overview, overview)
 
     def _apply_overview(self, overview: Overview) -> None:
+        # A poll that finds nothing new does no work: an idle TUI redraws nothing.
+        if self.busy_polls or overview.news_since(self._drawn_overview):
+            self._drawn_overview = overview
+            self.state_signal.publish(None)
         self.overview = overview
         self.busy_polls = 0
-        self.state_signal.publish(None)
         self._open_when_done(overview)
 
     def poll_status(self) -> None:
@@ -212,10 +226,12 @@ class TunebenchApp(App[int]):
         self.call_from_thread(self._apply_status, engine, gpus)
 
     def _apply_status(self, engine: EngineInfo, gpus: list[GpuInfo]) -> None:
-        changed = engine != self.engine_info
+        engine_changed = engine != self.engine_info
+        if not engine_changed and gpus == self.gpu_info:
+            return  # nothing new to draw
         self.engine_info, self.gpu_info = engine, gpus
         self.state_signal.publish(None)
-        if changed:
+        if engine_changed:
             self.refresh_bindings()  # "Start engine" shows only while the engine is down
 
     def _poll_failed(self, what: str, exc: Exception) -> None:

@@ -52,6 +52,14 @@ class Overview:
     def run(self, run_id: str) -> Run | None:
         return next((run for run in self.runs if run.id == run_id), None)
 
+    def news_since(self, earlier: Overview | None, *, refresh_every: float = 30.0) -> bool:
+        """Whether this poll has anything to draw that `earlier` did not: a changed run, or a live
+        run whose running or waiting time moves with the clock. Relative times ("5m ago") are
+        refreshed every `refresh_every` seconds all the same."""
+        if earlier is None or self.runs != earlier.runs or self.now - earlier.now >= refresh_every:
+            return True
+        return any(run.state in ("running", "queued") for run in self.runs)
+
 
 @dataclass
 class LogChunk:
@@ -90,7 +98,9 @@ def engine_probe_for(workspace: Workspace) -> Callable[[], EngineInfo]:
 
             status = engine_status(workspace)
         except Exception as exc:  # the TUI must draw even when the engine side is broken
-            return EngineInfo(False, error=f"{type(exc).__name__}: {exc}")
+            from tui.format import user_message
+
+            return EngineInfo(False, error=user_message(exc))
         return EngineInfo(
             running=bool(getattr(status, "running", False)),
             pid=getattr(status, "pid", None),
@@ -137,6 +147,17 @@ class Backend:
 
     def run(self, run_id: str) -> Run | None:
         return self.store.get_run(run_id)
+
+    def comparable_runs(self) -> list[tuple[Run, list[int], bool]]:
+        """Train runs that have something to chat with, newest first: (run, checkpoint steps, has a final result)."""
+        from jobs.targets import result_choices
+
+        found = []
+        for run in self.store.list_runs(kind="train"):
+            _, steps, final = result_choices(self.store, self.workspace, run.id)
+            if steps or final:
+                found.append((run, steps, final))
+        return found
 
     def read_log(self, run_id: str, offset: int, *, first_read_bytes: int = 64_000) -> LogChunk:
         """New text of runs/<id>/run.log since `offset`; a first read takes only the file's tail."""

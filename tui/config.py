@@ -2,16 +2,38 @@
 
 Every field has a default; `from_env` reads the few a user may want to change without a flag
 (TUNEBENCH_POLL, TUNEBENCH_THEME, TUNEBENCH_ANSI, TUNEBENCH_START_ENGINE=0). Colour depth itself follows the terminal
-(TERM/COLORTERM) or Textual's TEXTUAL_COLOR_SYSTEM=256|standard.
+(TERM/COLORTERM) or Textual's TEXTUAL_COLOR_SYSTEM=256|standard; NO_COLOR turns colour off (Textual reads it).
+The theme picked in the command palette is remembered in the workspace's tui.json (TUNEBENCH_THEME wins).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, replace
 from typing import Any
 
 from jobs.workspace import Workspace, resolve_workspace
+
+SETTINGS_FILE = "tui.json"
+
+
+def saved_settings(workspace: Workspace) -> dict[str, Any]:
+    """What the TUI remembered in this workspace ({} when nothing, or an unreadable file)."""
+    try:
+        data = json.loads((workspace.root / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember(workspace: Workspace, **settings: Any) -> None:
+    """Keep settings for the next start (written whole, private like the rest of the workspace)."""
+    path = workspace.ensure().root / SETTINGS_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**saved_settings(workspace), **settings}, indent=1), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True)
@@ -39,7 +61,10 @@ class TuiConfig:
 
     @classmethod
     def from_env(cls, workspace_arg: str | None = None, **overrides: Any) -> "TuiConfig":
+        workspace = resolve_workspace(workspace_arg)
         values: dict[str, Any] = {}
+        if isinstance(theme := saved_settings(workspace).get("theme"), str):
+            values["theme"] = theme
         if poll := os.environ.get("TUNEBENCH_POLL"):
             try:
                 values["poll_interval"] = max(0.05, float(poll))
@@ -52,7 +77,7 @@ class TuiConfig:
         values.update(overrides)
         if os.environ.get("TUNEBENCH_START_ENGINE", "").lower() in ("0", "false", "no"):
             values["start_engine"] = False  # e.g. a read-only look at a workspace, or a benchmark
-        return cls(workspace=resolve_workspace(workspace_arg), **values)
+        return cls(workspace=workspace, **values)
 
     def with_(self, **changes: Any) -> "TuiConfig":
         return replace(self, **changes)

@@ -107,7 +107,8 @@ def user_message(exc: BaseException) -> str:
     """How an error reads, the same in the CLI and the TUI: the message, then the advice after an arrow.
 
     tunebench's own errors (presets.TunebenchError) carry both; a missing file reads as its path; any
-    other exception is a bug and names its type, so a report says what broke."""
+    other exception (a library's) reads as its message: a class name means nothing to the reader.
+    Every screen and the CLI show errors through this one function."""
     from presets.errors import TunebenchError
 
     advice = None
@@ -117,8 +118,9 @@ def user_message(exc: BaseException) -> str:
         text = f"{exc.strerror or exc}: {exc.filename}"
     elif isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])  # KeyError's str() adds quotes
-    elif isinstance(exc, (ValueError, LookupError, OSError)):
-        text = str(exc) or type(exc).__name__  # a value the user typed that does not parse, say
     else:
-        text = f"{type(exc).__name__}: {exc}"
+        text = str(exc).strip()
+        if not text:  # nothing else to go on (a bare assert): then, and only then, the class says what broke
+            text, advice = f"an unexpected error ({type(exc).__name__}) with no message", \
+                "please report it, with what you did just before"
     return f"{text}\n  → {advice}" if advice else text

@@ -7,12 +7,15 @@ so comments, order and undo history survive. Pure functions on strings; no Textu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
+from presets.methods import METHODS as METHOD_TABLE
 from presets.methods import method_names
+from presets.schema import MethodConfig, TrainPreset
 
 Location = tuple[int, int]  # (row, column), 0-based, as TextArea uses them
 
@@ -24,22 +27,48 @@ ORIGIN_PREFIX = "# based on built-in preset: "
 class FormField:
     path: tuple[str, ...]
     label: str
-    kind: str  # "str" | "int" | "float" | "files" | "choice"
+    kind: str  # "str" | "int" | "float" | "list" | "choice" | "bool"
     choices: tuple[str, ...] = ()
+    nullable: bool = False  # an emptied field writes null (the schema's default), not ''
+    help: str = ""  # the schema's description, shown as the field's tooltip
+    default: str = ""  # the schema's default as the form shows it: what an empty field means
+
+    @property
+    def key(self) -> str:
+        """The field's widget id: its key path."""
+        return "field-" + "-".join(self.path)
 
 
-METHODS = method_names()  # presets/methods.py's table
-FORM_FIELDS: tuple[FormField, ...] = (
-    FormField(("model", "path"), "model", "str"),
-    FormField(("method", "name"), "method", "choice", METHODS),
-    FormField(("method", "lora", "r"), "LoRA r", "int"),
-    FormField(("method", "lora", "alpha"), "LoRA alpha", "float"),
-    FormField(("data", "train_files"), "data file", "files"),
-    FormField(("training", "lr"), "learning rate", "float"),
-    FormField(("training", "epochs"), "epochs", "float"),
-    FormField(("training", "batch_size"), "batch size", "int"),
-    FormField(("data", "max_length"), "max length", "int"),
-)
+def _kind(annotation: Any) -> tuple[str, tuple[str, ...], bool]:
+    """(kind, choices, nullable) of a schema field's type annotation."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        parts = [a for a in args if a is not type(None)]
+        nullable = len(parts) < len(args)
+        if any(get_origin(a) is list for a in parts):  # list[str] | "all-linear": written as a list
+            return "list", (), nullable
+        kind, choices, _ = _kind(parts[0])
+        return kind, choices, nullable
+    if origin is Literal:
+        return "choice", tuple(str(a) for a in args), False
+    if origin is list:
+        return "list", (), False
+    if annotation is bool:
+        return "bool", ("true", "false"), False
+    return {int: "int", float: "float"}.get(annotation, "str"), (), False
+
+
+def schema_field(path: tuple[str, ...], label: str | None = None) -> FormField:
+    """A form field typed by the train preset schema (its kind, choices and help come from there)."""
+    model: Any = TrainPreset
+    for part in path[:-1]:
+        model = model.model_fields[part].annotation
+    info = model.model_fields[path[-1]]
+    kind, choices, nullable = _kind(info.annotation)
+    field = FormField(path, label or path[-1].replace("_", " "), kind, choices, nullable, info.description or "")
+    if info.is_required():
+        return field
+    return replace(field, default=field_text(field, info.get_default(call_default_factory=True)))
 
 
 @dataclass(frozen=True)
@@ -68,7 +97,7 @@ def field_text(field: FormField, value: Any) -> str:
     """How a value reads in the form."""
     if value is None:
         return ""
-    if field.kind == "files" and isinstance(value, list):
+    if field.kind == "list" and isinstance(value, list):
         return ", ".join(str(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -78,6 +107,10 @@ def field_text(field: FormField, value: Any) -> str:
 def parse_field(field: FormField, text: str) -> Any:
     """The form's text as the value to write; unparsable numbers stay text so the validator names them."""
     text = text.strip()
+    if not text and field.nullable:
+        return None
+    if field.kind == "bool" and text in ("true", "false"):
+        return text == "true"
     if field.kind == "int":
         try:
             return int(text)
@@ -89,7 +122,7 @@ def parse_field(field: FormField, text: str) -> Any:
         except ValueError:
             return text
         return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
-    if field.kind == "files":
+    if field.kind == "list":
         files = [part.strip() for part in text.split(",") if part.strip()]
         return files[0] if len(files) == 1 else files
     return text
@@ -99,6 +132,56 @@ def yaml_scalar(value: Any) -> str:
     """A value as it stands after `key: ` in block YAML (flow style for lists)."""
     dumped = yaml.safe_dump([value], default_flow_style=True, width=10**9, allow_unicode=True).strip()
     return dumped[1:-1]  # strip the list brackets we wrapped it in
+
+
+# --------------------------------------------------------------------------- the form's fields
+
+METHODS = method_names()  # presets/methods.py's table
+# The fields every train preset has (LlamaBoard's form and then some); the method's own follow them.
+FORM_FIELDS: tuple[FormField, ...] = (
+    schema_field(("model", "path"), "model"),
+    schema_field(("method", "name"), "method"),
+    schema_field(("model", "quantization", "mode"), "quantization"),
+    schema_field(("data", "train_files"), "data file"),
+    schema_field(("data", "val_ratio"), "val ratio"),
+    schema_field(("data", "max_length"), "max length"),
+    schema_field(("data", "packing"), "packing"),
+    schema_field(("training", "lr"), "learning rate"),
+    schema_field(("training", "epochs")),
+    schema_field(("training", "batch_size"), "batch size"),
+    schema_field(("training", "grad_accum"), "grad accum"),
+    schema_field(("training", "scheduler")),
+    schema_field(("training", "warmup_steps"), "warmup steps"),
+    schema_field(("training", "warmup_ratio"), "warmup ratio"),
+    schema_field(("training", "eval_steps"), "eval steps"),
+    schema_field(("training", "save_steps"), "save steps"),
+)
+
+
+def method_sections() -> dict[str, tuple[FormField, ...]]:
+    """method.<section> → its fields, for every section some method of the table uses."""
+    sections = dict.fromkeys(section for row in METHOD_TABLE.values() for section in row.params)
+    return {section: tuple(schema_field(("method", section, name))
+                           for name in MethodConfig.model_fields[section].annotation.model_fields)
+            for section in sections}
+
+
+# The method.lora fields that only methods with the table's `lora_options` take (peft's LoraConfig).
+LORA_OPTIONS = (("method", "lora", "init"), ("method", "lora", "loraplus_lr_ratio"))
+
+
+def method_fields(method: str, section_fields: tuple[FormField, ...]) -> tuple[FormField, ...]:
+    """The fields of a section that apply to `method`: a field whose help starts "<a method>:" is that
+    method's alone (the schema's way of saying which of prompt tuning, prefix tuning, P-tuning)."""
+    own = []
+    for field in section_fields:
+        prefix = field.help.split(":", 1)[0]
+        if prefix in METHODS and prefix != method:
+            continue
+        if field.path in LORA_OPTIONS and not METHOD_TABLE[method].lora_options:
+            continue
+        own.append(field)
+    return tuple(own)
 
 
 # --------------------------------------------------------------------------- locating

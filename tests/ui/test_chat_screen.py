@@ -190,14 +190,34 @@ async def test_settings_panel_and_bad_values(demo_workspace, chat_run):
         settings = screen.settings()
         assert (settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
                 settings.repetition_penalty) == (0.7, 0.9, 40, 12, 1.1)
-        await pilot.press("ctrl+s")
-        assert not screen.query_one("#chat-settings").display
-        await pilot.press("ctrl+s")
-        assert screen.query_one("#chat-settings").display
+
+
+
+@async_test
+async def test_ctrl_s_shows_the_hidden_settings_first_then_hides_them(workspace):
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_chat(pilot, None)
+        panel = screen.query_one("#chat-settings")
+        prompt = screen.query_one("#chat-prompt", Input)
+        assert not panel.display and prompt.has_focus, "the chat opens on the prompt, settings folded away"
+        # The footer says how to unfold them, at 80 columns too.
+        await wait_for(pilot, lambda: "^s Settings" in screen_text(app).splitlines()[-1], "^s in the footer", 200)
+        for _ in range(2):
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert panel.display and panel.region.height == 1, "the first ^s shows them"
+            assert screen.query_one("#set-temperature", Input).has_focus
+            await pilot.press("tab")  # moving on inside the panel keeps it shown
+            await pilot.press("ctrl+s")
+            await pilot.pause()
+            assert not panel.display and prompt.has_focus, "hidden again, and the keys go to what is seen"
 
 
 @async_test
 async def test_the_picker_compares_two_checkpoints_of_the_run(demo_workspace, chat_run):
+    from textual.widgets import OptionList, Select
+
     from tui.screens.chat import PickScreen
 
     app = make_app(demo_workspace)
@@ -207,10 +227,9 @@ async def test_the_picker_compares_two_checkpoints_of_the_run(demo_workspace, ch
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, PickScreen), "the picker")
         picker = app.screen
-        from textual.widgets import Select
-
         await wait_for(pilot, lambda: len(picker.query_one("#pick-compare", Select)._options) == 3, "the checkpoints")
-        picker.query_one("#pick-result", Select).value = 10
+        results = picker.query_one("#pick-result", OptionList)
+        results.highlighted = results.get_option_index("10")
         picker.query_one("#pick-compare", Select).value = 5
         await pilot.click("#pick-load")
         await wait_for(pilot, lambda: app.screen is screen and screen.session is not None and not screen.loading,
@@ -218,6 +237,40 @@ async def test_the_picker_compares_two_checkpoints_of_the_run(demo_workspace, ch
         assert [s.label for s in screen.session.sides] == ["checkpoint-5", "checkpoint-10"]
         assert screen.session.plan.shares_base
         assert "checkpoint-5 vs checkpoint-10" in screen_text(app)
+
+
+@async_test
+async def test_the_picker_lists_runs_and_their_checkpoints_as_the_run_is_highlighted(demo_workspace, random_lora):
+    from textual.widgets import OptionList
+
+    from tui.screens.chat import PickScreen
+
+    older = fake_run(demo_workspace, random_lora, name="older", checkpoints=(5, 10, 15), final=False)
+    fake_run(demo_workspace, random_lora, name="nothing-yet", checkpoints=(), final=False, state="running")
+    newer = fake_run(demo_workspace, random_lora, name="newer", checkpoints=(20,))
+    app = make_app(demo_workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_chat(pilot, None)
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, PickScreen), "the picker")
+        picker = app.screen
+        runs = picker.query_one("#pick-run", OptionList)
+        results = picker.query_one("#pick-result", OptionList)
+        await wait_for(pilot, lambda: runs.option_count == 2, "the runs")
+        assert [runs.get_option_at_index(i).id for i in range(2)] == [newer, older], "only runs with results"
+        assert runs.has_focus and [results.get_option_at_index(i).id for i in range(results.option_count)] \
+            == ["final", "20"], "the highlighted run's results, at once"
+        await pilot.press("down")  # highlighting is enough: no Enter, no typing
+        await pilot.pause()
+        assert [results.get_option_at_index(i).id for i in range(results.option_count)] == ["15", "10", "5"]
+        await pilot.press("enter")  # on to the run's results
+        await pilot.pause()
+        assert results.has_focus
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: app.screen is screen and screen.session is not None and not screen.loading,
+                       "checkpoint-10 to load")
+        assert screen.request.run == older and screen.request.checkpoint == 10
+        assert [s.label for s in screen.session.sides][-1] == "checkpoint-10"
 
 
 @async_test

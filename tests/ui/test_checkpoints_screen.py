@@ -55,6 +55,41 @@ async def test_table_markers_and_keep(workspace):
 
 
 @async_test
+async def test_home_and_end_move_the_row_cursor(workspace):
+    run_id = fake_trained_run(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_checkpoints(pilot, run_id)
+        await select_step(pilot, screen, 20)
+        await pilot.press("home")
+        await settle(pilot)
+        assert screen.selected.step == 10
+        await pilot.press("d")  # so `d` asks about the first checkpoint, the row on show
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the delete question")
+        assert "checkpoint 10 " in str(app.screen.question)
+        await pilot.press("n")
+        await settle(pilot)
+        await pilot.press("end")
+        await settle(pilot)
+        assert screen.selected.step == 30
+
+
+@async_test
+async def test_eval_results_key_replaces_the_screen_without_an_error(workspace):
+    # The checkpoints screen, on its way out, was asked for its keys after its table was gone.
+    from tui.screens.evals import EvalsScreen
+
+    run_id = fake_trained_run(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await open_checkpoints(pilot, run_id)
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, EvalsScreen), "the evals screen")
+        await settle(pilot)
+        assert not any(isinstance(s, CheckpointsScreen) for s in app.screen_stack)
+
+
+@async_test
 async def test_delete_asks_once_and_twice_for_the_best(workspace):
     run_id = fake_trained_run(workspace)
     store = open_store(workspace)

@@ -43,6 +43,11 @@ def test_metric_rows_and_bars():
     assert "0.0000" in exact and "0.6667" in exact
     assert exact.count("█") == 16  # fine-tuned 2/3 of a 24-cell bar; the base none
     assert "lower is better" in text[0]
+    # At 80 columns: one line per metric, both values on it, nothing past the edge.
+    narrow = bars_text(data, {}, width=78).plain.splitlines()
+    assert all(len(line) <= 78 for line in narrow)
+    assert "6.7300" in narrow[0] and "1.3700" in narrow[0] and narrow[0].startswith("eval loss ↓")
+    assert narrow[-1] == "↓ lower is better"
 
 
 @async_test
@@ -96,3 +101,38 @@ async def test_a_run_without_evaluations_says_how_to_get_one(workspace):
         from tui.screens.checkpoints import CheckpointsScreen
 
         assert isinstance(app.screen, CheckpointsScreen)
+
+
+@async_test
+async def test_answers_wrap_and_enter_reads_one_in_full(workspace):
+    from tui.screens.detail import DetailScreen
+
+    run_id = fake_trained_run(workspace)
+    data = results(20, 1 / 3)
+    long_answer = " ".join(f"word{i}" for i in range(60))  # longer than any cell shows
+    data["samples"][0]["finetuned"]["output"] = long_answer
+    store = open_store(workspace)
+    job = store.create_run("eval", "eval-trained", "name: x\n")
+    store.add_eval_result(job.id, {"target_run": run_id, "checkpoint": 20, "out_dir": "/o1", "result": data})
+    app = make_app(workspace)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await settle(pilot)
+        app.selected_run_id = run_id
+        app.action_open_screen("evals")
+        await until(pilot, lambda: isinstance(app.screen, EvalsScreen) and app.screen.records, "the evaluations")
+        screen = app.screen
+        samples = screen.query_one("#evals-samples", DataTable)
+        await settle(pilot)
+        # Every column is on screen (the last one too), the answers wrap instead of running off the edge.
+        assert samples.virtual_size.width <= samples.scrollable_content_region.width
+        assert samples.rows[samples.coordinate_to_cell_key((0, 0)).row_key].height > 1
+        assert "EM / F1" in screen_text(app).split("fine-tuned")[-1]
+        samples.focus()
+        samples.move_cursor(row=0)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen), "the sample in full")
+        assert ("fine-tuned (exact match 1 · token F1 1.00)", long_answer) in app.screen.sections
+        assert ("prompt", "What is the capital of C0?") in app.screen.sections
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is screen

@@ -30,7 +30,7 @@ def write_copy(workspace, name: str) -> str:
 
 
 def form_widget(screen, path):
-    return screen.query_one(PresetForm).widget_for(next(f for f in FORM_FIELDS if f.path == path))
+    return screen.query_one(PresetForm).widget_for(path)
 
 
 async def open_presets(pilot, key: str):
@@ -141,7 +141,7 @@ async def test_typing_in_the_editor_is_never_overwritten_by_validation_or_the_fo
             typed = "\n".join(lines[:row] + ["  lr: 1e-3"] + lines[row + 1:])
             assert editor.text == typed, "the late result of 'lr: a' changed nothing"
             assert screen.validation.text == typed and screen.validation.problems == []
-            assert form_widget(screen, LR).value == field_text(FORM_FIELDS[5], yaml.safe_load(typed)["training"]["lr"])
+            assert form_widget(screen, LR).value == field_text(next(f for f in FORM_FIELDS if f.path == LR), yaml.safe_load(typed)["training"]["lr"])
             assert editor.cursor_location == (row, len("  lr: 1e-3")) and editor.has_focus
             assert app.cursor_position == editor.cursor_screen_offset
             assert form_writes == [], "the form wrote nothing: the user did not touch it"
@@ -240,6 +240,49 @@ async def test_leaving_edits_offers_discard_or_cancel_never_save(workspace):
         await pilot.press("y")
         await until(pilot, lambda: not isinstance(app.screen, (ConfirmScreen, PresetsScreen)), "left")
         assert (user_dir(workspace.root) / "mine.yaml").read_text() == original, "discarded, never saved"
+
+
+@async_test
+async def test_every_other_way_out_of_edits_asks_discard_or_cancel(workspace):
+    original = write_copy(workspace, "mine")
+    app = make_app(workspace)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_presets(pilot, "workspace:mine")
+        editor = screen.query_one(YamlEditor)
+        editor.focus()
+        editor.insert("# a note\n", (0, 0))
+        await settle(pilot)
+
+        def buttons() -> list[str]:
+            return [str(b.label) for b in app.screen.query(Button)]
+
+        # A click on another preset in the list.
+        names = screen.query_one("#preset-names")
+        await pilot.click("#preset-names", offset=(3, names.get_option_index("built-in:demo") + 1))
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question on a click")
+        assert buttons() == ["Discard (y)", "Cancel (n)"]
+        await pilot.press("escape")
+        await settle(pilot)
+        assert app.screen is screen and screen.current.key == "workspace:mine"
+
+        # Quitting (ctrl+q works from inside the editor, where q types).
+        editor.focus()
+        await pilot.press("ctrl+q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question on quitting")
+        assert buttons() == ["Discard (y)", "Cancel (n)"]
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.is_running and app.screen is screen and editor.text.startswith("# a note")
+
+        # Another screen from the command palette's way in (the same action as the number keys).
+        app.action_open_screen("runs")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question on leaving")
+        await settle(pilot)
+        assert buttons() == ["Discard (y)", "Cancel (n)"]
+        await pilot.press("n")
+        await settle(pilot)
+        assert app.screen is screen and editor.text.startswith("# a note")
+        assert (user_dir(workspace.root) / "mine.yaml").read_text() == original, "nothing was saved on the way"
 
 
 @async_test

@@ -182,3 +182,61 @@ async def test_small_terminal_and_16_colours(workspace, monkeypatch):
         await pilot.press("enter")
         await until(pilot, lambda: getattr(app.screen, "run", None) is not None, "the dashboard")
         assert "step 120/300" in screen_text(app)
+
+
+@async_test
+async def test_every_screen_shows_the_help_key_at_80x24(workspace, monkeypatch):
+    from helpers.checkpoints import fake_trained_run
+
+    from tui.screens import chat as chat_module
+
+    monkeypatch.setattr(chat_module.ChatScreen, "start_load", lambda self, request, **kw: None)  # no model here
+    fill_store(workspace)
+    trained = fake_trained_run(workspace)
+    app = make_app(workspace)
+    seen = []
+    async with app.run_test(size=(80, 24)) as pilot:
+
+        async def footer_of(name: str, ready) -> None:
+            await until(pilot, ready, f"the {name} screen")
+            await settle(pilot)
+            footer = screen_text(app).splitlines()[-1]
+            # On chat the prompt takes `?` as text, so the help key there is f1.
+            assert "? Help" in footer or "f1 Help" in footer, f"{name}: {footer!r}"
+            # The keys that do not fit are left out whole, never drawn cut ("1 Ru").
+            labels = {active.binding.description for active in app.screen.active_bindings.values()}
+            left = footer.split("▏")[0].rstrip()
+            assert any(left.endswith(label) for label in labels if label), f"{name}: {footer!r}"
+            seen.append(name)
+
+        await footer_of("runs", lambda: isinstance(app.screen, RunsScreen))
+        app.open_run("r-fixed-0005")
+        await footer_of("dashboard", lambda: getattr(app.screen, "nav_name", "") == "dashboard" and app.screen.run)
+        for name in ("checkpoints", "evals", "chat", "presets"):  # not by key: chat's prompt takes digits
+            app.selected_run_id = trained
+            app.action_open_screen(name)
+            await footer_of(name, lambda: getattr(app.screen, "nav_name", "") == name)
+    assert seen == ["runs", "dashboard", "checkpoints", "evals", "chat", "presets"]
+
+
+@async_test
+async def test_errors_read_as_message_and_advice_never_a_class_name(workspace):
+    from presets.errors import TunebenchError
+    from tui.format import user_message
+
+    def fails_with(exc):
+        def call():
+            raise exc
+        return call
+
+    app = make_app(workspace)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot)
+        app.call_blocking("load the model", fails_with(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")))
+        app.call_blocking("chat", fails_with(TunebenchError("no run named 'mine'", "tunebench ls lists the runs")))
+        await settle(pilot)
+        shown = notifications(app)
+        assert "CUDA out of memory. Tried to allocate 2 GiB" in shown
+        assert "no run named 'mine'\n  → tunebench ls lists the runs" in shown
+        assert not any("Error" in text for text in shown)
+    assert user_message(AssertionError()).startswith("an unexpected error (AssertionError) with no message")

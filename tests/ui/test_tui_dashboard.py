@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from helpers.tui_app import FIXED_NOW, async_test, fill_store, make_app, screen_text, settle, until
 
+from textual.content import Content
+
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.modals import ConfirmScreen
 from tui.widgets.panels import FindingsPanel
@@ -165,3 +167,52 @@ async def test_cancel_asks_first_and_says_a_checkpoint_is_saved(workspace):
         assert app.screen is screen and store.stop_requested("r-fixed-0005") is None
         await pilot.press("c", "y")
         await until(pilot, lambda: store.stop_requested("r-fixed-0005") == "cancel", "the stop request")
+
+
+@async_test
+async def test_at_80x24_legends_figures_and_status_are_never_cut(workspace):
+    fill_store(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_dashboard(pilot)
+        await settle(pilot)
+        text = screen_text(app)
+        lines = text.splitlines()
+        assert "…" not in text, "no title, legend or figure cut with an ellipsis"
+        loss = plot(screen, "loss")
+        assert "━ train ━ eval" in Content.from_markup(loss.border_title).plain
+        assert "━ 0.7256 ━ 1.0731" in Content.from_markup(loss.border_subtitle).plain
+        # A key figure that does not fit beside its label goes whole onto the next line.
+        assert "│   98.3k / 1.2M (8.3%)" in text
+        assert any("1.0731 @ step 100" in line for line in lines)
+        assert lines[0].rstrip().endswith("queue 2"), "the status line fits, whole"
+        await pilot.resize_terminal(120, 40)
+        await settle(pilot)
+        assert "train 0.7256  eval 1.0731" in Content.from_markup(loss.border_subtitle).plain
+        assert "98.3k / 1.2M (8.3%)" in screen_text(app)
+
+
+@async_test
+async def test_events_wrap_at_word_boundaries_and_again_on_resize(workspace):
+    store = fill_store(workspace)
+    event = ("clipping is active at 100% of logged steps (median grad norm 3.96, max 1): frequent clipping lowers "
+             "the effective learning rate; fine early in training, but if it lasts, lower training.lr")
+    store.add_event("r-fixed-0005", "warning", event, step=120)
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await open_dashboard(pilot)
+        await pilot.press("v")
+        await settle(pilot)
+        log = screen.query_one("#run-log")
+        for size in ((80, 24), (120, 40)):
+            await pilot.resize_terminal(*size)
+            await settle(pilot)
+            log.scroll_end(animate=False, immediate=True)
+            await settle(pilot)
+            rows = [strip.text.rstrip() for strip in log.lines]
+            start = next(i for i, row in enumerate(rows) if row.startswith("⚠ [step 120] clipping"))
+            wrapped = rows[start:]
+            assert len(wrapped) > 1 and all(len(row) <= log.scrollable_content_region.width for row in wrapped)
+            # Joined at the line breaks with a space, the rows are the event, word for word.
+            assert " ".join(wrapped) == f"⚠ [step 120] {event}"
+            assert log.virtual_size.width <= log.scrollable_content_region.width, "nothing past the right edge"

@@ -1,8 +1,9 @@
-"""End to end: the real `tunebench` TUI in tmux (private socket, 120x40) against a real engine.
+"""End to end: the real `tunebench` TUI in tmux (private socket, 120x40 and 80x24) against a real engine.
 
 Submit the demo preset with keys, watch the dashboard show the running job's loss, cancel it from
 the Runs screen, see it `cancelled`, quit. The last dashboard capture is written next to the test's
-tmp files (and printed on failure) — it is the screen capture the issue asks for.
+tmp files (and printed on failure) — it is the screen capture the issue asks for. At 80x24 every
+screen's footer still shows the help key.
 """
 
 from __future__ import annotations
@@ -24,19 +25,23 @@ pytestmark = [
 ]
 
 WIDTH, HEIGHT = 120, 40
-LOSS_ON_DASHBOARD = re.compile(r"train (\d+\.\d{4})")
+SIZES = pytest.mark.parametrize("size", [(WIDTH, HEIGHT), (80, 24)], ids=["120x40", "80x24"])
+# The loss plot's last value: "train 0.7256" where the legend fits beside it, "━ 0.7256" at 80 columns.
+LOSS_ON_DASHBOARD = re.compile(r"(?:train|━) (\d+\.\d{4})")
+HELP_KEY = re.compile(r"(?:\?|f1) Help")
 
 
 class Tmux:
     """One tmux server on a private socket, one session running one command."""
 
-    def __init__(self, command: list[str], cwd: Path):
+    def __init__(self, command: list[str], cwd: Path, size: tuple[int, int] = (WIDTH, HEIGHT)):
         self.socket = f"tunebench-e2e-{uuid.uuid4().hex[:8]}"
+        width, height = map(str, size)
         # A detached session takes tmux's default size (80x24) unless told otherwise.
-        self._tmux("-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", str(WIDTH), "-y", str(HEIGHT),
+        self._tmux("-f", "/dev/null", "new-session", "-d", "-s", "main", "-x", width, "-y", height,
                    "-c", str(cwd), " ".join(_quote(part) for part in command))
         self._tmux("set-option", "-g", "window-size", "manual")
-        self._tmux("resize-window", "-t", "main", "-x", str(WIDTH), "-y", str(HEIGHT))
+        self._tmux("resize-window", "-t", "main", "-x", width, "-y", height)
 
     def _tmux(self, *args: str) -> str:
         # The tmux server (so the app) inherits this environment: drop COLUMNS/LINES, which the test
@@ -85,10 +90,10 @@ def _quote(part: str) -> str:
 
 
 @pytest.fixture
-def tmux_app(demo_workspace, tmp_path):
+def tmux_app(demo_workspace, tmp_path, size):
     tunebench = Path(sys.executable).with_name("tunebench")
     command = [str(tunebench), "--workspace", str(demo_workspace.root)]
-    session = Tmux(command, cwd=tmp_path)
+    session = Tmux(command, cwd=tmp_path, size=size)
     yield session
     session.kill()
     from jobs.engine_process import stop_engine
@@ -100,12 +105,18 @@ def run_row(text: str, name: str) -> str:
     return next((line for line in text.splitlines() if re.match(rf"^\s*{re.escape(name)}\s", line)), "")
 
 
-def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path):
+def footer(text: str) -> str:
+    return text.rstrip("\n").splitlines()[-1] if text.strip() else ""
+
+
+@SIZES
+def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path, size):
     from jobs.store import open_store
 
     tmux = tmux_app
     tmux.wait_for("the Runs screen", lambda t: "tunebench › Runs" in t and "No runs yet" in t, 60)
     tmux.wait_for("the engine to come up", lambda t: "● engine up" in t, 90)
+    assert HELP_KEY.search(footer(tmux.capture())), "the Runs footer shows the help key"
 
     # Submit the demo preset, with enough steps that it is still running when we cancel it.
     tmux.keys("s")
@@ -128,6 +139,7 @@ def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path):
     tmux.keys("Enter")
     dashboard = tmux.wait_for("loss values from the running job",
                               lambda t: "tunebench › Run demo" in t and LOSS_ON_DASHBOARD.search(t), 300)
+    assert HELP_KEY.search(footer(dashboard)), "the dashboard footer shows the help key"
     run = open_store(demo_workspace).resolve_run("demo")
     assert run.state == "running"
     shown = float(LOSS_ON_DASHBOARD.search(dashboard).group(1))
@@ -157,6 +169,39 @@ def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path):
     while tmux.alive() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not tmux.alive(), "q quits the app (and its tmux session)"
+
+
+def test_every_footer_shows_the_help_key_at_80x24(workspace, tmp_path):
+    """Every screen, in the real app at 80x24 (no engine: the screens read the store)."""
+    from helpers.checkpoints import fake_trained_run
+
+    fake_trained_run(workspace)  # a run with checkpoints, first in the table
+    tunebench = Path(sys.executable).with_name("tunebench")
+    tmux = Tmux(["env", "TUNEBENCH_START_ENGINE=0", str(tunebench), "--workspace", str(workspace.root)], cwd=tmp_path,
+                size=(80, 24))
+    seen = {}
+    try:
+        tmux.wait_for("the Runs screen", lambda t: "tunebench › Runs" in t and run_row(t, "trained"), 60)
+        steps = [
+            ("runs", [], "tunebench › Runs"),
+            ("dashboard", ["Enter"], "Run trained"),
+            ("runs again", ["Escape"], "tunebench › Runs"),
+            ("checkpoints", ["3"], "Checkpoints · trained"),
+            ("evals", ["4"], "Evals · trained"),
+            ("chat", ["5"], "› Chat"),
+            # One key a step: an escape with a key right behind it reads as alt+key.
+            ("runs from chat", ["Escape"], "tunebench › Runs"),
+            ("presets", ["2"], "› Presets"),
+        ]
+        for name, keys, marker in steps:
+            for key in keys:
+                tmux.keys(key)
+            text = tmux.wait_for(f"the {name} screen", lambda t, marker=marker: marker in t.splitlines()[0]
+                                 and HELP_KEY.search(footer(t)), 60)
+            seen[name] = footer(text)
+    finally:
+        tmux.kill()
+    assert list(seen) == [name for name, _, _ in steps]
 
 
 @pytest.mark.parametrize("colours, pattern", [("standard", r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7])m"),

@@ -6,7 +6,7 @@ import yaml
 from helpers.tui_app import async_test, fill_store, make_app, settle, until
 
 from presets.loader import user_dir
-from tui.preset_yaml import FORM_FIELDS, origin_of
+from tui.preset_yaml import origin_of
 from tui.screens.modals import DiffScreen, NameScreen, SubmitScreen
 from tui.screens.presets import PresetsScreen
 from tui.widgets.preset_form import PresetForm
@@ -14,8 +14,7 @@ from tui.widgets.yaml_editor import YamlEditor
 
 
 def form_input(app, path):
-    field = next(f for f in FORM_FIELDS if f.path == path)
-    return app.screen.query_one(PresetForm).widget_for(field)
+    return app.screen.query_one(PresetForm).widget_for(path)
 
 
 async def open_presets(pilot, name: str = "demo"):

@@ -212,3 +212,20 @@ async def test_empty_workspace_says_what_to_do(workspace):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(pilot)
         assert "No runs yet" in screen_text(app)
+
+
+@async_test
+async def test_columns_give_way_by_priority_at_80_columns(workspace):
+    fill_store(workspace)
+    app = make_app(workspace)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        table = app.screen.query_one(RunsTable)
+        assert table.virtual_size.width <= table.scrollable_content_region.width  # no horizontal scrollbar
+        assert not table.show_horizontal_scrollbar
+        assert set(table.hidden_columns) == {"gpu", "kind", "elapsed", "best"}  # the lowest priorities
+        header = screen_text(app).splitlines()[1]
+        assert header.split() == ["name", "state", "progress", "ETA", "step/total", "loss", "⚑"]
+        await pilot.resize_terminal(130, 30)
+        await settle(pilot)
+        assert table.hidden_columns == [] and "best eval" in screen_text(app)

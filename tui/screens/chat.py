@@ -22,11 +22,12 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, ProgressBar, Select, Static
+from textual.widgets import Button, DataTable, Input, Label, OptionList, ProgressBar, Select, Static
+from textual.widgets.option_list import Option
 
 from tui.format import user_message
-from tui.widgets.status import StatusLine
-from tui.widgets.table import Table
+from tui.widgets.status import KeyFooter, StatusLine
+from tui.widgets.table import Col, Table
 
 STREAM_INTERVAL = 0.05  # at most 20 redraws a second per side, however fast the tokens come
 SETTINGS = (  # (field, label, input type, default)
@@ -60,10 +61,15 @@ def resolve_request(workspace, request: ChatRequest):
 
 
 class PickScreen(ModalScreen[ChatRequest | None]):
-    """Pick what to compare."""
+    """Pick what to compare: a run from the list of those with a result or checkpoints, then one of
+    its results (filled as soon as a run is highlighted), and what to compare it with; or, without
+    a run, a base model folder and an adapter."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
     DEFAULT_CSS = """
+    PickScreen #pick-lists { height: auto; margin-bottom: 1; }
+    PickScreen #pick-lists OptionList { width: 1fr; height: 8; border: round $primary 40%; }
+    PickScreen #pick-lists OptionList:focus { border: round $accent; }
     PickScreen .pick-row { height: auto; margin-bottom: 1; }
     PickScreen .pick-row Label { width: 16; padding: 0 1 0 0; }
     PickScreen .pick-row Input, PickScreen .pick-row Select { width: 1fr; }
@@ -72,16 +78,14 @@ class PickScreen(ModalScreen[ChatRequest | None]):
     def __init__(self, request: ChatRequest):
         super().__init__()
         self.request = request
+        self.runs: dict[str, tuple[list[int], bool]] = {}  # run id → (checkpoint steps, has a final result)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
             yield Static("Compare", classes="dialog-title")
-            with Horizontal(classes="pick-row"):
-                yield Label("run")
-                yield Input(self.request.run or "", placeholder="run id, prefix or name", id="pick-run", compact=True)
-            with Horizontal(classes="pick-row"):
-                yield Label("fine-tuned")
-                yield Select([("final result", "final")], value="final", allow_blank=False, id="pick-result", compact=True)
+            with Horizontal(id="pick-lists"):
+                yield OptionList(id="pick-run")
+                yield OptionList(id="pick-result")
             with Horizontal(classes="pick-row"):
                 yield Label("compare with")
                 yield Select([("base model", "base")], value="base", allow_blank=False, id="pick-compare", compact=True)
@@ -98,57 +102,94 @@ class PickScreen(ModalScreen[ChatRequest | None]):
                 yield Button("Cancel", id="pick-cancel")
 
     def on_mount(self) -> None:
-        self.query_one("#pick-run", Input).focus()
-        if self.request.run:
-            self._read_choices(self.request.run)
-
-    @on(Input.Submitted, "#pick-run")
-    def _run_entered(self, event: Input.Submitted) -> None:
-        if event.value.strip():
-            self._read_choices(event.value.strip())
+        self.query_one("#pick-run", OptionList).border_title = "run"
+        self.query_one("#pick-result", OptionList).border_title = "fine-tuned"
+        self.query_one("#pick-run", OptionList).focus()
+        self._read_runs()
 
     @work(thread=True, exclusive=True, group="pick", exit_on_error=False)
-    def _read_choices(self, run_ref: str) -> None:
+    def _read_runs(self) -> None:
         try:
-            from jobs.store import open_store
-            from jobs.targets import result_choices
-
-            workspace = self.app.config.workspace
-            run_id, steps, final = result_choices(open_store(workspace), workspace, run_ref)
+            runs = self.app.backend.comparable_runs()
         except Exception as exc:
             self.app.call_from_thread(self._show_error, user_message(exc))
             return
-        self.app.call_from_thread(self._set_choices, steps, final)
+        self.app.call_from_thread(self._show_runs, runs)
 
-    def _set_choices(self, steps: list[int], final: bool) -> None:
+    def _show_runs(self, runs) -> None:
+        self.runs = {run.id: (steps, final) for run, steps, final in runs}
+        options = self.query_one("#pick-run", OptionList)
+        options.clear_options()
+        if not runs:
+            options.add_option(Option(Text("no run has a result or a checkpoint yet", style="dim"), disabled=True))
+            self.query_one("#pick-base", Input).focus()
+            return
+        for run, steps, final in runs:  # run names are unique in the store: the id would only crowd the line
+            results = " + ".join((["final"] if final else []) + ([f"{len(steps)} ckpt"] if steps else []))
+            options.add_option(Option(Text.assemble(run.name, "  ", (f"{run.state} · {results}", "dim")), id=run.id))
+        wanted = self.request.run if self.request.run in self.runs else runs[0][0].id
+        options.highlighted = options.get_option_index(wanted)  # posts OptionHighlighted: the results follow
+
+    @on(OptionList.OptionHighlighted, "#pick-run")
+    def _run_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        if event.option.id in self.runs:
+            self._set_choices(event.option.id)
+
+    @on(OptionList.OptionSelected, "#pick-run")
+    def _run_selected(self, event: OptionList.OptionSelected) -> None:
+        self.query_one("#pick-result", OptionList).focus()
+
+    @on(OptionList.OptionSelected, "#pick-result")
+    def _result_selected(self) -> None:
+        self._load(paths=False)
+
+    @on(Input.Submitted, "#pick-base, #pick-adapter")
+    def _paths_entered(self) -> None:
+        self._load(paths=True)
+
+    def _set_choices(self, run_id: str) -> None:
         self._show_error("")
-        results = ([("final result", "final")] if final else []) + [(f"checkpoint-{s}", s) for s in reversed(steps)]
-        result = self.query_one("#pick-result", Select)
-        result.set_options(results or [("(nothing yet)", "final")])
-        wanted = self.request.checkpoint if self.request.checkpoint in steps else results[0][1] if results else "final"
-        result.value = wanted
+        steps, final = self.runs[run_id]
+        asked = run_id == self.request.run  # the request's own checkpoint and comparison, when it is this run
+        results = self.query_one("#pick-result", OptionList)
+        results.clear_options()
+        if final:
+            results.add_option(Option("final result", id="final"))
+        for step in reversed(steps):
+            results.add_option(Option(f"checkpoint-{step}", id=str(step)))
+        wanted = str(self.request.checkpoint) if asked and self.request.checkpoint in steps else None
+        results.highlighted = results.get_option_index(wanted) if wanted else 0
         compare = self.query_one("#pick-compare", Select)
         compare.set_options([("base model", "base")] + [(f"checkpoint-{s}", s) for s in steps])
-        compare.value = self.request.compare if self.request.compare in steps else "base"
+        compare.value = self.request.compare if asked and self.request.compare in steps else "base"
 
     def _show_error(self, text: str) -> None:
         self.query_one("#pick-error", Static).update(text)
 
     @on(Button.Pressed, "#pick-load")
-    def _load(self) -> None:
-        run = self.query_one("#pick-run", Input).value.strip()
-        if run:
-            result = self.query_one("#pick-result", Select).value
-            compare = self.query_one("#pick-compare", Select).value
-            self.dismiss(ChatRequest(run=run, checkpoint=None if result == "final" else int(result),
-                                     compare="base" if compare == "base" else int(compare)))
-            return
+    def _load_pressed(self) -> None:
+        self._load(paths=None)
+
+    def _load(self, paths: bool | None) -> None:
+        """Load the highlighted run's result, or the paths (`paths` None: the paths when given; the
+        list always highlights a run, and a path typed on purpose wins)."""
+        runs = self.query_one("#pick-run", OptionList)
+        results = self.query_one("#pick-result", OptionList)
         base = self.query_one("#pick-base", Input).value.strip()
         adapter = self.query_one("#pick-adapter", Input).value.strip()
-        if not base and not adapter:
-            self._show_error("give a run, or a base model folder (and an adapter)")
+        if paths or (paths is None and (base or adapter)):
+            if not base and not adapter:
+                self._show_error("give a base model folder (and an adapter), or pick a run")
+                return
+            self.dismiss(ChatRequest(run=None, base=base or None, adapter=adapter or None, compare=None))
             return
-        self.dismiss(ChatRequest(run=None, base=base or None, adapter=adapter or None, compare=None))
+        if runs.highlighted is None or results.highlighted is None or runs.highlighted_option.id not in self.runs:
+            self._show_error("pick a run and one of its results, or give a base model folder (and an adapter)")
+            return
+        result = results.highlighted_option.id
+        compare = self.query_one("#pick-compare", Select).value
+        self.dismiss(ChatRequest(run=runs.highlighted_option.id, checkpoint=None if result == "final" else int(result),
+                                 compare="base" if compare == "base" else int(compare)))
 
     @on(Button.Pressed, "#pick-cancel")
     def action_cancel(self) -> None:
@@ -178,11 +219,12 @@ class ChatColumn(Vertical):
 
 class ChatScreen(Screen):
     BINDINGS = [
+        # The footer's order, and at 80 columns only the first few show: the settings start folded, so ^s is early.
         Binding("escape", "stop", "Stop / back"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+l", "clear", "Clear"),
         Binding("ctrl+o", "pick", "Compare…"),
         Binding("ctrl+s", "toggle_settings", "Settings"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+l", "clear", "Clear"),
         Binding("ctrl+t", "probe", "Probe set"),
     ]
     DEFAULT_CSS = """
@@ -191,7 +233,8 @@ class ChatScreen(Screen):
     ChatScreen #chat-loading ProgressBar { width: 40; }
     ChatScreen #chat-load-text { width: 1fr; }
     ChatScreen #chat-columns { height: 1fr; }
-    ChatScreen #chat-settings { height: 1; padding: 0 1; }
+    ChatScreen #chat-settings { height: 1; padding: 0 1; display: none; }
+    ChatScreen.show-settings #chat-settings { display: block; }
     ChatScreen #chat-settings Label { padding: 0 1 0 2; }
     ChatScreen #chat-settings Input { width: 8; }
     ChatScreen #chat-prompt { margin: 0 1; }
@@ -238,7 +281,7 @@ class ChatScreen(Screen):
                 yield Label(label)
                 yield Input(default, type=kind, id=f"set-{name}", compact=True)
         yield Input(placeholder="Ask both sides… (Enter sends)", id="chat-prompt")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#chat-loading").display = False
@@ -321,7 +364,7 @@ class ChatScreen(Screen):
     def _load_failed(self, message: str) -> None:
         self.loading = False
         self.query_one("#chat-loading").display = False
-        self._set_head(f"Not loaded: {message}")
+        self._set_head("Not loaded: " + " ".join(line.strip() for line in message.splitlines()))  # the advice too
         self.notify(message, title="cannot load the models", severity="error", timeout=10)
 
     def _loaded(self, session, target, question: str | None = None) -> None:
@@ -371,10 +414,14 @@ class ChatScreen(Screen):
     # ----------------------------------------------------------------- settings
 
     def action_toggle_settings(self) -> None:
-        panel = self.query_one("#chat-settings")
-        panel.display = not panel.display
-        if panel.display:
+        """^s shows the settings (and goes to them), ^s again hides them (and goes back to the prompt):
+        each press changes what is seen, and the focus never stays on a hidden field."""
+        shown = not self.has_class("show-settings")
+        self.set_class(shown, "show-settings")
+        if shown:
             self.query_one("#set-temperature", Input).focus()
+        else:
+            self.query_one("#chat-prompt", Input).focus()
 
     def settings(self):
         """GenerationSettings from the panel, or None (with a notification) when a value is wrong."""
@@ -571,6 +618,7 @@ class ProbeScreen(Screen):
         self.result = None
         self.running = False
         self._cancelled = False
+        self.answered: dict[int, object] = {}  # row index → ProbeRow, read in full with Enter
 
     def compose(self) -> ComposeResult:
         yield StatusLine("Chat › Probe set")
@@ -581,12 +629,15 @@ class ProbeScreen(Screen):
             yield Input("", placeholder="(blank: the run's validation split)", id="probe-file", compact=True)
         yield Static("", id="probe-status")
         yield Table(id="probe-table", zebra_stripes=True, cursor_type="row")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
         labels = [s.label for s in self.session.sides]
-        table.add_columns("#", "prompt", "reference", *labels, *(f"EM/F1 {label}" for label in labels))
+        # Text columns wrap in the width the others leave, so the last column stays on screen.
+        table.set_columns([Col("n", "#"), Col("prompt", "prompt", wrap=True), Col("reference", "reference", wrap=True),
+                           *(Col(f"answer-{i}", label, wrap=True) for i, label in enumerate(labels)),
+                           *(Col(f"score-{i}", f"EM/F1 {label}") for i, label in enumerate(labels))])
         self.action_start()
 
     @on(Input.Submitted)
@@ -606,6 +657,7 @@ class ProbeScreen(Screen):
             return
         prompts_file = self.query_one("#probe-file", Input).value.strip() or None
         self.query_one(DataTable).clear()
+        self.answered.clear()
         self.result, self.running, self._cancelled = None, True, False
         self._status(f"answering {count} prompts on both sides…")
         self.query_one(DataTable).focus()  # j / m export from the table
@@ -635,7 +687,21 @@ class ProbeScreen(Screen):
         cells = [str(message.index + 1), _cell(row.prompt), _cell(row.reference), *(_cell(a) for a in row.answers)]
         cells += [f"{e:.0f} / {f:.2f}" for e, f in zip(row.exact, row.f1)]
         self.query_one(DataTable).add_row(*cells)
+        self.answered[message.index] = row
         self._status(f"{message.index + 1} answered…")
+
+    @on(DataTable.RowSelected)
+    def _read_row(self, event: DataTable.RowSelected) -> None:
+        """Enter: the prompt, the reference and every answer in full (the table cuts long ones)."""
+        from tui.screens.detail import DetailScreen
+
+        row = self.answered.get(event.cursor_row)
+        if row is None:
+            return
+        sections = [("prompt", row.prompt), ("reference", row.reference)]
+        sections += [(f"{side.label} (exact match {e:.0f} · token F1 {f:.2f})", answer)
+                     for side, answer, e, f in zip(self.session.sides, row.answers, row.exact, row.f1)]
+        self.app.push_screen(DetailScreen(f"Prompt {event.cursor_row + 1}", sections))
 
     @on(Done)
     def _done(self, message: Done) -> None:
@@ -674,6 +740,6 @@ class ProbeScreen(Screen):
         self.app.pop_screen()
 
 
-def _cell(text: str, width: int = 60) -> str:
+def _cell(text: str, width: int = 160) -> str:  # the table wraps it; Enter shows it whole
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"

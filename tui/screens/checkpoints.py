@@ -16,13 +16,13 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import DataTable, Input, Label, Static
 
 from tui import format as fmt
 from tui.format import user_message
 from tui.screens.polled import PolledScreen
 from tui.screens.modals import ConfirmScreen
-from tui.widgets.status import StatusLine
+from tui.widgets.status import KeyFooter, StatusLine
 from tui.widgets.table import Table
 
 COLUMNS = (("step", "step"), ("train", "train loss"), ("eval", "eval loss"), ("size", "size"), ("age", "age"), ("marks", ""))
@@ -61,12 +61,12 @@ class CheckpointsScreen(PolledScreen):
         Binding("escape", "back", "Back"),
         Binding("a", "chat", "Chat"),  # not `c`: that cancels a run on Runs and Dashboard
         Binding("e", "evaluate", "Evaluate"),
+        Binding("v", "evals", "Eval results"),
         Binding("r", "resume", "Resume from"),
         Binding("m", "merge", "Merge"),
-        Binding("x", "export", "Export"),
         Binding("k", "toggle_keep", "Keep"),
         Binding("d,delete", "delete", "Delete"),
-        Binding("v", "evals", "Eval results"),
+        Binding("x", "export", "Export"),
         Binding("o", "chat_merged", "Chat merged"),
     ]
     DEFAULT_CSS = """
@@ -89,7 +89,7 @@ class CheckpointsScreen(PolledScreen):
         yield Static("", id="ckpt-head")
         yield Table(cursor_type="row", zebra_stripes=True, id="ckpt-table")
         yield Static("", id="ckpt-detail")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)

@@ -13,16 +13,17 @@ from textual.binding import Binding
 from textual.containers import Grid, Horizontal
 from textual.content import Content
 from textual.message import Message
-from textual.widgets import Footer, Log, ProgressBar, Static
+from textual.widgets import ProgressBar
 
 from tui import format as fmt
 from tui.format import user_message
 from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
 from tui.screens.modals import confirm_cancel
 from tui.screens.polled import PolledScreen
-from tui.widgets.panels import FindingsPanel, KeyFigures
+from tui.widgets.panels import FindingsPanel, KeyFigures, WrappedLog
 from tui.widgets.plot import Line, MetricPlot
-from tui.widgets.status import StatusLine
+from tui.widgets.status import KeyFooter, StatusLine
+from tui.widgets.text_line import TextLine
 
 SMOOTHABLE = {"loss", "grad_norm", "tokens"}
 VALUE_FORMATS = {
@@ -33,14 +34,15 @@ VALUE_FORMATS = {
 
 
 class DashboardScreen(PolledScreen):
+    # The footer's order: what acts on the run first, the view toggles after.
     BINDINGS = [
         Binding("escape", "back", "Back"),
-        Binding("m", "toggle_smoothing", "Smooth"),
-        Binding("g", "toggle_log_scale", "Log scale"),
-        Binding("v", "toggle_log_view", "Log/events"),
-        Binding("z", "zoom", "Zoom plot"),
         Binding("c", "cancel_run", "Cancel run"),
         Binding("r", "resume_run", "Resume"),
+        Binding("v", "toggle_log_view", "Log/events"),
+        Binding("z", "zoom", "Zoom plot"),
+        Binding("m", "toggle_smoothing", "Smooth"),
+        Binding("g", "toggle_log_scale", "Log scale"),
     ]
 
     class Updated(Message):
@@ -63,24 +65,24 @@ class DashboardScreen(PolledScreen):
 
     def compose(self) -> ComposeResult:
         yield StatusLine("Run")
-        yield Static("", id="dash-head")
+        yield TextLine("", id="dash-head")
         with Horizontal(id="dash-progress"):
             yield ProgressBar(total=None, show_eta=False, id="dash-bar")
-            yield Static("", id="dash-eta")
+            yield TextLine("", id="dash-eta")
         with Grid(id="plots"):
             for plot_id in PLOTS:
                 yield MetricPlot(PLOT_TITLES[plot_id], id=f"plot-{plot_id}")
             yield KeyFigures(id="figures")
         with Horizontal(id="dash-bottom"):
-            yield Log(max_lines=self.app.config.log_tail_lines, id="run-log", auto_scroll=True)
+            yield WrappedLog(max_lines=self.app.config.log_tail_lines, id="run-log")
             yield FindingsPanel(id="findings")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         config = self.app.config
         self.feed = DashboardFeed(self.app.backend, self.run_id, max_points=config.plot_points,
                                   smoothing=config.smoothing)
-        self.query_one("#run-log", Log).border_title = "run.log"
+        self.query_one("#run-log", WrappedLog).border_title = "run.log"
         self.query_one("#plot-memory", MetricPlot).set_empty("no GPU memory reported")
         self.subscribe_to_polls(self._follow_state)
         self._timer = self.set_interval(config.poll_interval, self._poll_if_shown)
@@ -128,7 +130,7 @@ class DashboardScreen(PolledScreen):
     def _apply(self, message: Updated) -> None:
         update = message.update
         if update.run is None:
-            self.query_one("#dash-head", Static).update(Content.from_markup("[$error]This run was deleted.[/]"))
+            self.query_one("#dash-head", TextLine).show(Content.from_markup("[$error]This run was deleted.[/]"))
             self.frozen = True
             return
         run = self.run = update.run
@@ -146,12 +148,12 @@ class DashboardScreen(PolledScreen):
                 lines.insert(0, "… (earlier lines are in run.log)")
             self._log_lines = (self._log_lines + lines)[-self.app.config.log_tail_lines:]
             if not self.show_events:
-                self.query_one("#run-log", Log).write_lines(lines)
+                self.query_one("#run-log", WrappedLog).write_lines(lines)
         if update.events:
             lines = [self._event_line(e) for e in update.events]
             self._event_lines = (self._event_lines + lines)[-self.app.config.log_tail_lines:]
             if self.show_events:
-                self.query_one("#run-log", Log).write_lines(lines)
+                self.query_one("#run-log", WrappedLog).write_lines(lines)
         if update.findings is not None:
             self.query_one(FindingsPanel).show(update.findings)
         # One last read after the run ends has everything: stop polling (the view is frozen).
@@ -181,7 +183,7 @@ class DashboardScreen(PolledScreen):
             head += Content.from_markup("\n[$error]$error[/]", error=run.error.splitlines()[0])
         if run.advice:
             head += Content.from_markup("\n→ $advice", advice=run.advice.splitlines()[0])
-        self.query_one("#dash-head", Static).update(head)
+        self.query_one("#dash-head", TextLine).show(head)
 
     def _show_progress(self, run, update: DashboardUpdate) -> None:
         bar = self.query_one("#dash-bar", ProgressBar)
@@ -203,7 +205,7 @@ class DashboardScreen(PolledScreen):
             text += " · waiting in the queue"
         else:
             text += f" · {run.state} after {fmt.duration(elapsed)}"
-        self.query_one("#dash-eta", Static).update(text)
+        self.query_one("#dash-eta", TextLine).show(text)
 
     def _draw_plots(self) -> None:
         for plot_id in PLOTS:
@@ -218,8 +220,8 @@ class DashboardScreen(PolledScreen):
             if log_y:
                 notes.append("log")
             value = VALUE_FORMATS.get(plot_id, fmt.number)
-            subtitle = "  ".join(f"{l.label} {value(l.last)}" for l in lines if l.last is not None)
-            plot.set_lines(drawn, log_y=log_y, note=" ".join(notes), subtitle=subtitle)
+            values = {l.label: value(l.last) for l in lines if l.last is not None}
+            plot.set_lines(drawn, log_y=log_y, note=" ".join(notes), values=values)
 
     # ----------------------------------------------------------------- actions
 
@@ -241,10 +243,9 @@ class DashboardScreen(PolledScreen):
 
     def action_toggle_log_view(self) -> None:
         self.show_events = not self.show_events
-        log = self.query_one("#run-log", Log)
-        log.clear()
+        log = self.query_one("#run-log", WrappedLog)
         log.border_title = "events" if self.show_events else "run.log"
-        log.write_lines(self._event_lines if self.show_events else self._log_lines)
+        log.set_lines(self._event_lines if self.show_events else self._log_lines)
 
     def action_zoom(self) -> None:
         if self.maximized is not None:

@@ -8,13 +8,13 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tui import format as fmt
 from tui.format import user_message
 from tui.screens.polled import PolledScreen
-from tui.widgets.status import StatusLine
-from tui.widgets.table import Table
+from tui.widgets.status import KeyFooter, StatusLine
+from tui.widgets.table import Col, Table
 
 # Mirrors engine.metrics_text (not imported: the TUI never loads the engine to draw).
 GENERATION_METRICS = (("exact_match", "exact match", 1.0), ("token_f1", "token F1", 1.0), ("rouge_l", "ROUGE-L", 1.0),
@@ -39,30 +39,48 @@ def metric_rows(results: dict) -> list[tuple[str, dict[str, float | None], float
     return rows
 
 
-def bars_text(results: dict, colours: dict[str, str]) -> Text:
-    """A bar per metric and side; the better side of each metric in bold."""
+def bars_text(results: dict, colours: dict[str, str], width: int | None = None) -> Text:
+    """A bar per metric and side; the better side of each metric in bold. Within `width` cells, one
+    line per metric: narrower bars, and "lower is better" shortened to ↓, rather than a line that
+    wraps in the middle of a bar."""
     sides = results.get("sides", [])
+    rows = metric_rows(results)
     text = Text()
     style = {"base": "dim", "finetuned": colours.get("accent", "")}
-    for label, values, scale, lower_better in metric_rows(results):
+    label_width, bar_width, better = 18, BAR_WIDTH, "  lower is better"
+    per_side = 1 + 10 + 1 + 1 + 9  # " fine-tuned " + bar + " 12.3456"
+    if width is not None and label_width + len(sides) * (per_side + bar_width) + len(better) > width:
+        label_width = max((len(label) for label, *_ in rows), default=0) + 2  # room for " ↓"
+        bar_width = max(4, min(BAR_WIDTH, (width - label_width) // max(1, len(sides)) - per_side))
+        better = ""
+    for label, values, scale, lower_better in rows:
         present = {s: v for s, v in values.items() if v is not None}
         best = (min if lower_better else max)(present, key=present.get) if len(present) > 1 else None
-        text.append(f"{label:<18}", style="bold")
+        shown = label + (" ↓" if lower_better and not better else "")
+        text.append(f"{shown:<{label_width}}", style="bold")
         for side in sides:
             value = values.get(side)
             fraction = None if value is None else value / scale if scale else 0.0
             text.append(f" {SIDE_NAMES.get(side, side):>10} ", style=style.get(side, ""))
-            text.append(fmt.bar(fraction, BAR_WIDTH), style=style.get(side, ""))
+            text.append(fmt.bar(fraction, bar_width), style=style.get(side, ""))
             text.append(f" {fmt.number(value):>9}", style="bold" if side == best else "")
-        if lower_better:
-            text.append("  lower is better", style="dim")
+        if lower_better and better:
+            text.append(better, style="dim")
         text.append("\n")
+    if not better and any(lower for *_, lower in rows):
+        text.append("↓ lower is better\n", style="dim")
     return text
+
+
+# At 80 columns the row count and the age give way first.
+LIST_COLUMNS = (Col("when", "age", give_way=2), Col("what", "evaluated"), Col("rows", "rows", give_way=3),
+                Col("loss", "eval loss base → ft"), Col("em", "exact match base → ft", give_way=1), Col("status", "status"))
 
 
 class EvalsScreen(PolledScreen):
     BINDINGS = [
         Binding("escape", "back", "Back"),
+        Binding("enter", "read_sample", "Read in full"),
         Binding("tab", "focus_next", "Switch table", show=False),
         Binding("k", "checkpoints", "Checkpoints"),
     ]
@@ -87,13 +105,11 @@ class EvalsScreen(PolledScreen):
         yield Table(cursor_type="row", zebra_stripes=True, id="evals-list")
         yield Static("", id="evals-bars")
         yield Table(cursor_type="row", zebra_stripes=True, id="evals-samples")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
-        listing = self.query_one("#evals-list", DataTable)
-        for key, label in (("when", "age"), ("what", "evaluated"), ("rows", "rows"), ("loss", "eval loss base → ft"),
-                           ("em", "exact match base → ft"), ("status", "status")):
-            listing.add_column(label, key=key)
+        listing = self.query_one("#evals-list", Table)
+        listing.set_columns(LIST_COLUMNS)
         listing.focus()
         self.subscribe_to_polls(self.reload)
         self.reload()
@@ -158,6 +174,11 @@ class EvalsScreen(PolledScreen):
             listing.move_cursor(row=len(self.records) - 1, animate=False)  # the newest
             self._show_record(len(self.records) - 1)
 
+    def on_resize(self) -> None:
+        if self._shown_index is not None:  # the bars follow the width
+            index, self._shown_index = self._shown_index, None
+            self._show_record(index)
+
     @on(DataTable.RowHighlighted, "#evals-list")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self._show_record(event.cursor_row)
@@ -169,23 +190,22 @@ class EvalsScreen(PolledScreen):
         results = self.records[index].results
         colours = self.app.theme_variables
         bars = self.query_one("#evals-bars", Static)
-        samples = self.query_one("#evals-samples", DataTable)
+        samples = self.query_one("#evals-samples", Table)
         samples.clear(columns=True)
         if results.get("status") != "completed":
             bars.update(f"This evaluation did not complete ({results.get('status', '?')}: {results.get('reason', '')}).")
             return
-        text = bars_text(results, {"accent": colours.get("accent", "")})
+        text = bars_text(results, {"accent": colours.get("accent", "")}, width=self.app.size.width - 2)
         dataset = results.get("dataset", {})
-        text.append(f"{dataset.get('rows', '?')} rows ({dataset.get('split', '?')}), {dataset.get('generation_samples', 0)} generated answers; "
+        text.append(f"{dataset.get('rows', '?')} rows ({dataset.get('split', '?')}), {dataset.get('generation_samples', 0)} generated answers "
+                    "(tab, then enter, reads one in full); "
                     f"{self.records[index].out_dir or ''}", style="dim")
         bars.update(text)
         sides = results.get("sides", [])
-        samples.add_column("#", key="index")
-        samples.add_column("prompt", key="prompt")
-        samples.add_column("reference", key="reference")
-        for side in sides:
-            samples.add_column(SIDE_NAMES.get(side, side), key=side)
-            samples.add_column("EM / F1", key=f"{side}-score")
+        # The answers wrap in the width left over; Enter shows a cut one in full.
+        samples.set_columns([Col("index", "#"), Col("prompt", "prompt", wrap=True), Col("reference", "reference", wrap=True),
+                             *(col for side in sides for col in (Col(side, SIDE_NAMES.get(side, side), wrap=True),
+                                                                 Col(f"{side}-score", "EM / F1")))])
         for sample in results.get("samples", []):
             cells: list = [str(sample["index"]), _clip(sample["prompt"]), _clip(sample["reference"])]
             for side in sides:
@@ -195,7 +215,37 @@ class EvalsScreen(PolledScreen):
                 cells.append(f"{answer.get('exact_match', 0):.0f} / {answer.get('token_f1', 0):.2f}")
             samples.add_row(*cells)
 
+    @on(DataTable.RowSelected, "#evals-samples")
+    def _sample_selected(self) -> None:
+        self.action_read_sample()
+
     # ----------------------------------------------------------------- actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "read_sample":
+            return self._sample() is not None
+        return True
+
+    def _sample(self) -> dict | None:
+        if self._shown_index is None:
+            return None
+        samples = self.records[self._shown_index].results.get("samples", [])
+        row = self.query_one("#evals-samples", Table).cursor_row
+        return samples[row] if 0 <= row < len(samples) else None
+
+    def action_read_sample(self) -> None:
+        from tui.screens.detail import DetailScreen
+
+        sample = self._sample()
+        if sample is None:
+            return
+        results = self.records[self._shown_index].results
+        sections = [("prompt", str(sample.get("prompt", ""))), ("reference", str(sample.get("reference", "")))]
+        for side in results.get("sides", []):
+            answer = sample.get(side, {})
+            scores = f"exact match {answer.get('exact_match', 0):.0f} · token F1 {answer.get('token_f1', 0):.2f}"
+            sections.append((f"{SIDE_NAMES.get(side, side)} ({scores})", str(answer.get("output", ""))))
+        self.app.push_screen(DetailScreen(f"Sample {sample.get('index', '?')}", sections))
 
     def action_back(self) -> None:
         self.app.pop_screen()
@@ -204,6 +254,6 @@ class EvalsScreen(PolledScreen):
         self.app.action_open_screen("checkpoints", self.run_id)
 
 
-def _clip(text: str, limit: int = 48) -> str:
+def _clip(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

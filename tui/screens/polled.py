@@ -21,6 +21,8 @@ class PolledScreen(Screen):
     _stale = False
 
     def refresh_bindings(self) -> None:
+        if not self.children:
+            return  # a screen on its way out (its widgets are gone): it shows no keys any more
         shown = tuple((key, active.binding.action, active.binding.description, active.enabled, active.tooltip)
                       for key, active in self.active_bindings.items())
         if shown != self._shown_keys:

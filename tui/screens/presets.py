@@ -6,6 +6,9 @@ The YAML text is the one source of truth. The form writes single values into it 
 field. Every change of the text is validated in a worker; a result fills the problem list, the
 gutter marks and the form only if the text is still the one it was computed from (a generation
 counter), so a late result never writes into what the user has typed since.
+
+Below NARROW_WIDTH columns the editor and the form take turns beside the list (ctrl+f switches);
+ctrl+b hides the list at any width.
 """
 
 from __future__ import annotations
@@ -22,14 +25,15 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, OptionList, TextArea
+from textual.widget import Widget
+from textual.widgets import OptionList, TextArea
 from textual.widgets.option_list import Option
 
 from tui.format import user_message
 from tui.preset_yaml import EditError, copy_of, origin_of, parse_field, plan_edit
 from tui.screens.modals import ConfirmScreen, DiffScreen, NameScreen, SubmitRequest, SubmitScreen
 from tui.widgets.preset_form import PresetForm
-from tui.widgets.status import StatusLine
+from tui.widgets.status import KeyFooter, StatusLine
 from tui.widgets.yaml_editor import YamlEditor
 
 
@@ -52,13 +56,21 @@ class Validation:
     kind: str | None  # the preset kind when valid
 
 
+NARROW_WIDTH = 110  # below it, editor and form take turns (at 80 columns both would be unusably thin)
+
+
 class PresetsScreen(Screen):
     BINDINGS = [
+        # The footer shows them in this order, and at 80 columns only the first few: most used first.
         Binding("ctrl+s", "save", "Save"),
+        # Narrow terminals show the editor or the form, not both squeezed: this key switches (ctrl+f:
+        # a key neither TextArea nor Input takes; priority so it acts from inside either).
+        Binding("ctrl+f", "switch_pane", "Form/YAML", priority=True),
+        Binding("ctrl+r", "submit", "Submit"),
+        Binding("ctrl+g", "diff", "Diff"),
         Binding("ctrl+n", "save_as", "Save as"),
         Binding("ctrl+t", "duplicate", "Duplicate"),
-        Binding("ctrl+g", "diff", "Diff"),
-        Binding("ctrl+r", "submit", "Submit"),
+        Binding("ctrl+b", "toggle_list", "List", priority=True),
         # Printable keys: only the preset list takes them (check_action), the editor and fields type them.
         Binding("d,delete", "delete_preset", "Delete"),
         Binding("r,f2", "rename_preset", "Rename"),
@@ -100,7 +112,7 @@ class PresetsScreen(Screen):
                 yield YamlEditor(id="editor")
                 yield OptionList(id="problems")
             yield PresetForm()
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#preset-names", OptionList).border_title = "presets"
@@ -112,7 +124,40 @@ class PresetsScreen(Screen):
         self.query_one("#preset-names", OptionList).focus()
 
     def on_resize(self) -> None:
-        self.set_class(self.size.width < 110, "narrow")
+        narrow = self.size.width < NARROW_WIDTH
+        if narrow != self.has_class("narrow"):
+            self.set_class(narrow, "narrow")
+            self.refresh_bindings()  # the switch key is offered only while narrow
+            self._keep_focus_shown()
+
+    # ----------------------------------------------------------------- layout
+
+    @property
+    def editor_shown(self) -> bool:
+        return not (self.has_class("narrow") and self.has_class("show-form"))
+
+    def action_switch_pane(self) -> None:
+        """Narrow: show the form in the editor's place, or the editor back; the focus goes along."""
+        self.toggle_class("show-form")
+        self.focus_editing()
+
+    def action_toggle_list(self) -> None:
+        self.toggle_class("list-hidden")
+        self._keep_focus_shown()
+
+    def _keep_focus_shown(self) -> None:
+        """A pane that was hidden must not keep the focus (keys would go to what cannot be seen)."""
+        focused = self.app.focused
+        if focused is not None and not all(node.display for node in focused.ancestors_with_self
+                                           if isinstance(node, Widget) and node is not self):
+            self.focus_editing()
+
+    def focus_editing(self) -> None:
+        """Focus the editor, or the form where it stands in the editor's place."""
+        if self.editor_shown:
+            self.query_one(YamlEditor).focus()
+        else:
+            self.query_one(PresetForm).focus_first()
 
     # ----------------------------------------------------------------- list and load
 
@@ -152,7 +197,7 @@ class PresetsScreen(Screen):
     def _picked(self, event: OptionList.OptionSelected) -> None:
         entry = next((e for e in self.entries if e.key == event.option.id), None)
         if entry is None or (self.current and entry.key == self.current.key):
-            self.query_one(YamlEditor).focus()
+            self.focus_editing()
             return
         if self.modified:
             def answered(yes: bool | None) -> None:
@@ -276,11 +321,14 @@ class PresetsScreen(Screen):
     # ----------------------------------------------------------------- actions
 
     def action_focus_list(self) -> None:
+        self.remove_class("list-hidden")
         self.query_one("#preset-names", OptionList).focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("delete_preset", "rename_preset"):  # hidden, and the keys left alone, off the list
             return self.query_one("#preset-names", OptionList).has_focus
+        if action == "switch_pane":
+            return self.has_class("narrow")
         return True
 
     def _highlighted(self) -> PresetEntry | None:
@@ -472,7 +520,7 @@ def check_text(text: str, source: str) -> Validation:
     except PresetError as exc:
         return Validation(text, data, list(exc.problems), None)
     except Exception as exc:  # the validator itself failed: say so in place rather than crash
-        return Validation(text, data, [Problem("", f"cannot validate: {exc}")], None)
+        return Validation(text, data, [Problem("", f"cannot validate: {user_message(exc)}")], None)
     return Validation(text, data, [], preset.kind)
 
 

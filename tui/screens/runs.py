@@ -6,13 +6,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.content import Content
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable
 
 from tui import format as fmt
 from tui.screens.modals import ConfirmScreen, SubmitRequest, SubmitScreen, confirm_cancel
 from tui.screens.polled import PolledScreen
+from tui.widgets.text_line import TextLine
 from tui.widgets.runs_table import RunsTable
-from tui.widgets.status import StatusLine
+from tui.widgets.status import KeyFooter, StatusLine
 
 # Which actions make sense in which state (the footer dims the others; control has the last word).
 ACTION_STATES = {
@@ -38,8 +39,8 @@ class RunsScreen(PolledScreen):
     def compose(self) -> ComposeResult:
         yield StatusLine("Runs")
         yield RunsTable(id="runs-table")
-        yield Static("", id="run-detail")
-        yield Footer()
+        yield TextLine("", id="run-detail")
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.subscribe_to_polls(self._redraw)
@@ -60,15 +61,15 @@ class RunsScreen(PolledScreen):
         self.refresh_bindings()
 
     def _show_detail(self) -> None:
-        detail = self.query_one("#run-detail", Static)
+        detail = self.query_one("#run-detail", TextLine)
         overview = self.app.overview
         if overview is not None and not overview.runs:
-            detail.update(Content.from_markup(
+            detail.show(Content.from_markup(
                 "No runs yet. Press [b]s[/] to submit a preset (try [b]demo[/]), [b]2[/] to edit presets, [b]?[/] for every key."))
             return
         run = self.selected_run
         if run is None:
-            detail.update("")
+            detail.show("")
             return
         parts = [Content.from_markup("[b]$name[/] [$text-muted]$id · $kind · priority $priority[/]",
                                      name=run.name, id=run.id, kind=run.kind, priority=str(run.priority))]
@@ -78,7 +79,7 @@ class RunsScreen(PolledScreen):
             parts.append(Content.from_markup("→ $advice", advice=run.advice.splitlines()[0]))
         if run.findings:
             parts.append(Content.from_markup("[$warning]⚑ $n finding(s): open the run to read them[/]", n=str(run.findings)))
-        detail.update(Content("  ").join(parts))
+        detail.show(Content("  ").join(parts))
 
     @property
     def selected_run(self):

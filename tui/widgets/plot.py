@@ -1,4 +1,6 @@
-"""A metric plot: plotext lines, the legend in the border title, a placeholder until data arrives."""
+"""A metric plot: plotext lines, the legend in the border title, the last values in the border
+subtitle, a placeholder until data arrives. Titles fit the width whole: a narrower plot shortens
+them step by step (never "eval…", never a figure cut in two)."""
 
 from __future__ import annotations
 
@@ -30,19 +32,25 @@ class MetricPlot(PlotextPlot, can_focus=True):
         self.lines: list[Line] = []
         self.log_y = False
         self.note = ""
+        self.values: dict[str, str] = {}
 
     def on_mount(self) -> None:
         super().on_mount()
         self._update_titles()
 
-    def set_lines(self, lines: list[Line], *, log_y: bool = False, note: str = "", subtitle: str = "") -> None:
+    def on_resize(self) -> None:
+        self._update_titles()
+
+    def set_lines(self, lines: list[Line], *, log_y: bool = False, note: str = "",
+                  values: dict[str, str] | None = None) -> None:
+        """values: the last value of each line, by label, as it should read ("0.7256")."""
         lines = [line for line in lines if line.xs]
         if log_y:
             # A log axis cannot show zero or negative values: drop them rather than fail to draw.
             lines = [Line(l.label, *_positive(l.xs, l.ys), l.colour) for l in lines]
             lines = [line for line in lines if line.xs]
         self.lines, self.log_y, self.note = lines, log_y, note
-        self.border_subtitle = subtitle
+        self.values = dict(values or {})
         self._update_titles()
         self._replot()
 
@@ -51,14 +59,48 @@ class MetricPlot(PlotextPlot, can_focus=True):
         self.refresh()
 
     def _update_titles(self) -> None:
+        self.border_title, self.border_subtitle = self.titles(self.outer_size.width - 6 if self.outer_size.width else 10**6)
+
+    def titles(self, room: int) -> tuple[Content, Content]:
+        """The border title and subtitle that fit `room` cells each: the first of these that fits.
+        With one line there is no legend; with several, the legend is the colour of each mark."""
         variables = self.app.theme_variables
-        parts = [Content.from_markup("[b]$title[/]", title=self.title_text)]
-        if len(self.lines) > 1:
-            for line in self.lines:
-                parts.append(Content.from_markup(f"[{_colour(variables, line.colour)}]━[/] $label", label=line.label))
-        if self.note:
-            parts.append(Content.from_markup("[$text-muted]$note[/]", note=self.note))
-        self.border_title = Content(" ").join(parts)
+        name = Content.from_markup("[b]$title[/]", title=self.title_text)
+        note = Content.from_markup("[$text-muted]$note[/]", note=self.note) if self.note else None
+        marks = {line.label: Content.from_markup(f"[{_colour(variables, line.colour)}]━[/]") for line in self.lines}
+        legend = len(self.lines) > 1
+        labels = [line.label for line in self.lines]
+        values = [(label, self.values[label]) for label in [*labels, *self.values] if label in self.values]
+        values = list(dict(values).items())  # labels with a value, in the lines' order
+
+        def title(with_legend: bool) -> Content:
+            parts = [name]
+            if with_legend and legend:
+                parts += [marks[label] + Content(f" {label}") for label in labels]
+            return Content(" ").join(parts + ([note] if note else []))
+
+        def subtitle(style: str, entries=values) -> Content:
+            if style == "labels":
+                return Content("  ").join(Content(f"{label} {value}") for label, value in entries)
+            if style == "tight":
+                return Content(" ").join(Content(f"{label} {value}") for label, value in entries)
+            if style == "marks":  # the label is the mark's colour (legend in the title or not)
+                return Content(" ").join(marks.get(label, Content("")) + Content(f" {value}") for label, value in entries)
+            return Content(" ").join(marks.get(label, Content("")) + Content(value) for label, value in entries)
+
+        options = [(title(True), subtitle("labels")), (title(True), subtitle("tight"))]
+        if legend:
+            options += [(title(True), subtitle("marks")), (title(True), subtitle("packed"))]
+        options += [(title(False), subtitle("packed"))]
+        for head, foot in options:
+            if head.cell_length <= room and foot.cell_length <= room:
+                return head, foot
+        # Still too narrow: the name alone, and the values that fit whole, first lines first.
+        head = name if name.cell_length <= room else Content("")
+        kept = list(values)
+        while kept and subtitle("packed", kept).cell_length > room:
+            kept.pop()
+        return head, subtitle("packed", kept) if kept else Content("")
 
     def _replot(self) -> None:
         self.refresh()  # the figure is built in render(), where the size is known

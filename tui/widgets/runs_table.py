@@ -5,20 +5,21 @@ from __future__ import annotations
 from rich.text import Text
 
 from tui import format as fmt
-from tui.widgets.table import Table
+from tui.widgets.table import Col, Table
 
+# At 80 columns the GPU, kind, elapsed and best-eval columns give way (in that order), then the rest.
 COLUMNS = (
-    ("name", "name"),
-    ("state", "state"),
-    ("progress", "progress"),
-    ("eta", "ETA"),
-    ("step", "step/total"),
-    ("loss", "loss"),
-    ("best", "best eval"),
-    ("elapsed", "elapsed"),
-    ("kind", "kind"),
-    ("gpu", "GPU"),
-    ("findings", "⚑"),
+    Col("name", "name"),
+    Col("state", "state"),
+    Col("progress", "progress", give_way=2),
+    Col("eta", "ETA", give_way=1),
+    Col("step", "step/total", give_way=3),
+    Col("loss", "loss"),
+    Col("best", "best eval", give_way=4),
+    Col("elapsed", "elapsed", give_way=5),
+    Col("kind", "kind", give_way=6),
+    Col("gpu", "GPU", give_way=7),
+    Col("findings", "⚑"),
 )
 _STATE_ORDER = {"running": 0, "queued": 1}
 
@@ -47,8 +48,7 @@ class RunsTable(Table):
     def _ensure_columns(self) -> None:
         # The screen may hand over the first runs before this widget's own on_mount has run.
         if not self.columns:
-            for key, label in COLUMNS:
-                self.add_column(label, key=key)
+            self.set_columns(COLUMNS)
 
     @property
     def selected_id(self) -> str | None:
@@ -77,7 +77,7 @@ class RunsTable(Table):
         else:
             for run_id, cells in rows.items():
                 old = self._cells.get(run_id)
-                for index, (key, _) in enumerate(COLUMNS):
+                for index, key in enumerate(c.key for c in COLUMNS):
                     if old is None or _plain(old[index]) != _plain(cells[index]) or _style(old[index]) != _style(cells[index]):
                         self.update_cell(run_id, key, cells[index], update_width=True)
         self._cells = rows

@@ -26,6 +26,10 @@ class YamlEditor(TextArea):
         super().__init__("", language=language, show_line_numbers=True, tab_behavior="indent", id=id,
                          soft_wrap=False)
         self.indent_width = 2
+        if language is None:
+            from presets.extras import install_hint
+
+            self.tooltip = f"no YAML highlighting: {install_hint('tree_sitter_yaml')}"
         self.problem_rows: dict[int, str] = {}  # 0-based row → message
 
     def action_leave(self) -> None:
