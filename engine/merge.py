@@ -6,32 +6,28 @@ compared with the adapter model's on a few probe inputs. Past `preset.tolerance`
 with an EngineError; otherwise the model is saved as safetensors, with its tokenizer, in
 `preset.dtype`, reloaded with plain transformers and checked once more.
 
-Multi-model merges (linear, slerp, task_arithmetic, ties, dare_linear, dare_ties) follow mergekit's
-semantics. They read one tensor at a time from every source (safetensors `safe_open`), combine it
-and write shards as they fill, so memory stays near one model's size whatever the number of models:
-
-    linear           Σ wᵢ θᵢ  (/ Σ wᵢ when normalize)
-    slerp            spherical interpolation of θ₀ and θ₁ at t (linear when nearly parallel)
-    task_arithmetic  θ_base + λ Σ wᵢ τᵢ                      τᵢ = θᵢ − θ_base
-    ties             τᵢ magnitude-pruned to densityᵢ, sign elected on Σ wᵢ τᵢ, only agreeing
-                     entries summed (/ Σ of their weights when normalize), then θ_base + λ ·
-    dare_linear      τᵢ randomly dropped to densityᵢ and rescaled by 1/densityᵢ, then as linear
-    dare_ties        the DARE drop, then TIES' sign election and disjoint sum
-
-Pruning, sign election and the weighted sum are peft's (peft.utils.merge_utils); peft's own
-`ties`/`dare_*` take one density for all models and divide by a count of models rather than by
-weights, so they are composed here from its parts.
+Multi-model merges are mergekit's (arcee-ai/mergekit, used as a library): a `method: mergekit`
+preset runs its mergekit configuration as it is — any merge_method, `models` or `slices` with
+`layer_range` (passthrough "frankenmerges"), per-filter and per-layer gradients, dtype — and the
+methods of our own preset form (linear, slerp, task_arithmetic, ties, dare_linear, dare_ties) are
+turned into the mergekit configuration of the same merge (`mergekit_config`). One implementation
+of the merge math, so a merge equals mergekit's tensor for tensor; what tunebench adds around it:
+adapter sources folded into their base first, a shape check naming the tensor, progress and
+cancel between tensors, the all-or-nothing output folder and merge_report.json.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from engine.artifacts import human_bytes
 from engine.errors import EngineError
@@ -43,9 +39,11 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SINGLE_SAFETENSORS = "model.safetensors"
 REPORT_FILE = "merge_report.json"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-SLERP_DOT_THRESHOLD = 0.9995
+MERGEKIT_CONFIG_FILE = "mergekit_config.yml"
+MERGEKIT_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _PROMPT_LEARNING = {"PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING", "CPT"}
 TASK_VECTOR_METHODS = ("task_arithmetic", "ties", "dare_linear", "dare_ties")
+SPARSIFYING_METHODS = ("ties", "dare_linear", "dare_ties")
 
 
 def torch_dtype(name: str):
@@ -325,99 +323,11 @@ def avoid_cpu_4bit_packing(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-# --------------------------------------------------------------------------- tensor-wise merge math
-
-
-def slerp(t: float, v0, v1, eps: float = 1e-8):
-    """Spherical interpolation of two tensors seen as flat vectors (mergekit's rule).
-
-    The angle comes from the normalised vectors, the interpolation applies to the originals; nearly
-    parallel vectors fall back to linear interpolation, where slerp is numerically unstable.
-    """
-    import torch
-
-    if t <= 0:
-        return v0.clone()
-    if t >= 1:
-        return v1.clone()
-    a, b = v0.double().flatten(), v1.double().flatten()
-    a_unit = a / a.norm().clamp_min(eps)
-    b_unit = b / b.norm().clamp_min(eps)
-    dot = float(torch.dot(a_unit, b_unit))
-    if abs(dot) > SLERP_DOT_THRESHOLD:
-        result = (1 - t) * a + t * b
-    else:
-        import math
-
-        theta = math.acos(max(-1.0, min(1.0, dot)))
-        s0 = math.sin((1 - t) * theta) / math.sin(theta)
-        s1 = math.sin(t * theta) / math.sin(theta)
-        result = s0 * a + s1 * b
-    return result.reshape(v0.shape).to(v0.dtype)
-
-
-def _sparsify(delta, density: float, how: str):
-    from peft.utils.merge_utils import prune
-
-    if density >= 1:  # nothing to drop (peft would warn)
-        return delta
-    if how == "magnitude":
-        return prune(delta, density, method="magnitude")
-    return prune(delta, density, method="random", rescale=True)
-
-
-def merge_tensor(
-    method: str,
-    tensors: list,
-    base=None,
-    *,
-    weights: list[float],
-    densities: list[float] | None = None,
-    t: float = 0.5,
-    normalize: bool = True,
-    lambda_: float = 1.0,
-):
-    """Merge one tensor across models (all fp32, same shape). DARE draws from torch's current RNG."""
-    import torch
-    from peft.utils.merge_utils import calculate_majority_sign_mask, reshape_weight_task_tensors, task_arithmetic
-
-    weight_tensor = torch.tensor(weights, dtype=tensors[0].dtype)
-    densities = densities or [1.0] * len(tensors)
-    if method == "linear":
-        mixed = task_arithmetic(list(tensors), weight_tensor)
-        return mixed / weight_tensor.sum() if normalize else mixed
-    if method == "slerp":
-        return slerp(t, tensors[0], tensors[1])
-    if base is None:
-        raise ValueError(f"{method} needs the base tensor")
-    deltas = [x - base for x in tensors]
-    if method == "task_arithmetic":
-        return base + lambda_ * task_arithmetic(deltas, weight_tensor)
-    prune_how = "magnitude" if method == "ties" else "random"
-    deltas = [_sparsify(d, density, prune_how) for d, density in zip(deltas, densities)]
-    if method == "dare_linear":
-        mixed = task_arithmetic(deltas, weight_tensor)
-        if normalize:
-            mixed = mixed / weight_tensor.sum()
-        return base + lambda_ * mixed
-    if method in ("ties", "dare_ties"):
-        stacked = torch.stack(deltas)
-        weighted = stacked * reshape_weight_task_tensors(stacked, weight_tensor)
-        agree = calculate_majority_sign_mask(weighted, method="total")
-        mixed = (weighted * agree).sum(dim=0)
-        if normalize:
-            divisor = (reshape_weight_task_tensors(stacked, weight_tensor) * agree).sum(dim=0)
-            divisor[divisor == 0] = 1
-            mixed = mixed / divisor
-        return base + lambda_ * mixed
-    raise ValueError(f"unknown merge method {method!r}")
-
-
-# --------------------------------------------------------------------------- tensor-wise I/O
+# --------------------------------------------------------------------------- multi-model merges (mergekit)
 
 
 class SafetensorsModel:
-    """A model folder's tensors, read one at a time without loading the model."""
+    """A model folder's tensor names and shapes, read from the safetensors headers only."""
 
     def __init__(self, path: str | Path, stack: contextlib.ExitStack):
         from safetensors import safe_open
@@ -448,54 +358,6 @@ class SafetensorsModel:
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handles[self.weight_map[name]].get_slice(name).get_shape())
 
-    def get(self, name: str):
-        return self._handles[self.weight_map[name]].get_tensor(name)
-
-
-class ShardWriter:
-    """Writes tensors into safetensors shards of at most `max_shard_bytes`, then the HF index."""
-
-    def __init__(self, out_dir: Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES):
-        self.out_dir = out_dir
-        self.max_shard_bytes = max_shard_bytes
-        self._pending: dict = {}
-        self._pending_bytes = 0
-        self._shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
-
-    def add(self, name: str, tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self._pending and self._pending_bytes + size > self.max_shard_bytes:
-            self._flush()
-        self._pending[name] = tensor.contiguous()
-        self._pending_bytes += size
-        self.total_bytes += size
-
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        path = self.out_dir / f"shard-{len(self._shards) + 1}.tmp"
-        save_file(self._pending, str(path), metadata={"format": "pt"})
-        self._shards.append((path, list(self._pending)))
-        self._pending, self._pending_bytes = {}, 0
-
-    def finish(self) -> list[str]:
-        if self._pending or not self._shards:
-            self._flush()
-        count = len(self._shards)
-        if count == 1:
-            os.replace(self._shards[0][0], self.out_dir / SINGLE_SAFETENSORS)
-            return [SINGLE_SAFETENSORS]
-        weight_map, names = {}, []
-        for number, (path, tensors) in enumerate(self._shards, start=1):
-            name = f"model-{number:05d}-of-{count:05d}.safetensors"
-            os.replace(path, self.out_dir / name)
-            weight_map.update({tensor: name for tensor in tensors})
-            names.append(name)
-        index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
-        (self.out_dir / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=1), encoding="utf-8")
-        return names
-
 
 def _source_dirs(preset, staging: Path, sink: Sink) -> list[Path]:
     """Model folders of the sources; adapter sources are first merged into full models."""
@@ -513,96 +375,174 @@ def _source_dirs(preset, staging: Path, sink: Sink) -> list[Path]:
     return dirs
 
 
-def _tensor_seed(seed: int, index: int) -> int:
-    # One seed per tensor: the DARE drop of a tensor does not depend on the order others were merged in.
-    return (seed * 1_000_003 + index) % (2**63)
+def _check_same_tensors(reference_dir: Path, source_dirs: list[Path]) -> None:
+    """Refuse models of another architecture or vocabulary before mergekit starts, naming a tensor."""
+    with contextlib.ExitStack() as stack:
+        reference = SafetensorsModel(reference_dir, stack)
+        for number, path in enumerate(source_dirs):
+            source = SafetensorsModel(path, stack)
+            missing = [n for n in reference.names() if n not in source.weight_map]
+            if missing:
+                raise EngineError(
+                    f"models[{number}] ({path}) lacks {len(missing)} tensor(s) of {reference_dir}, e.g. {missing[0]}",
+                    "merge only fine-tunes of one architecture and base (same layers, same vocabulary)",
+                )
+            for name in reference.names():
+                if source.shape(name) != reference.shape(name):
+                    raise EngineError(
+                        f"models[{number}] ({path}): {name} has shape {source.shape(name)}, {reference_dir} has {reference.shape(name)}",
+                        "merge only fine-tunes of one base (a resized vocabulary does not merge)",
+                    )
+
+
+def _check_local_models(config: dict) -> None:
+    """A model named by a path that is not there, said plainly (mergekit would take it for a hub id)."""
+    named = [config.get("base_model")]
+    named += [m.get("model") for m in config.get("models") or [] if isinstance(m, dict)]
+    for piece in config.get("slices") or []:
+        named += [s.get("model") for s in (piece.get("sources") or []) if isinstance(s, dict)] if isinstance(piece, dict) else []
+    for reference in named:
+        for part in str(reference).split("+") if isinstance(reference, str) else []:
+            if part.startswith(("/", "./", "../", "~")) and not Path(part).expanduser().exists():
+                raise EngineError(f"mergekit: the model {part} is not there", "fix the path in the merge configuration")
+
+
+def mergekit_config(preset, source_dirs: list[Path] | None = None) -> dict[str, Any]:
+    """The mergekit configuration a merge preset stands for; its output dtype is always preset.dtype.
+
+    A `method: mergekit` preset carries its configuration as it is. The other methods become the
+    mergekit configuration of the same merge, computed in fp32; a setting left unset (normalize)
+    takes mergekit's default for the method.
+    """
+    out_dtype = MERGEKIT_DTYPES[preset.dtype]
+    if preset.method == "mergekit":
+        return {**copy.deepcopy(preset.mergekit), "out_dtype": out_dtype}
+    method = preset.method
+    paths = [str(p) for p in (source_dirs or [Path(s.path) for s in preset.models])]
+    models = []
+    for source, path in zip(preset.models, paths):
+        parameters: dict[str, Any] = {}
+        if method != "slerp":
+            parameters["weight"] = source.weight
+        if method in SPARSIFYING_METHODS:
+            parameters["density"] = source.density
+        models.append({"model": path, "parameters": parameters} if parameters else {"model": path})
+    shared: dict[str, Any] = {}
+    config: dict[str, Any] = {"merge_method": method, "models": models, "dtype": "float32", "out_dtype": out_dtype}
+    if method == "slerp":
+        config["base_model"] = paths[0]  # mergekit's t = 0 is its base model: our first model
+        shared["t"] = preset.t
+    if method in TASK_VECTOR_METHODS:
+        config["base_model"] = str(preset.base_model)
+        shared["lambda"] = preset.lambda_
+    if preset.normalize is not None and method != "slerp":
+        shared["normalize"] = preset.normalize
+    if shared:
+        config["parameters"] = shared
+    return config
+
+
+def _validated(config: dict):
+    """mergekit's own validation, its complaints reported with the key path they concern."""
+    from mergekit.config import MergeConfiguration
+    from pydantic import ValidationError
+
+    try:
+        return MergeConfiguration.model_validate(config)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in exc.errors()[:5])
+        raise EngineError(f"mergekit refuses the configuration: {problems}",
+                          "fix these keys (mergekit's README lists each method's parameters)") from None
+
+
+@contextlib.contextmanager
+def _watched_executor(sink: Sink):
+    """Let mergekit's executor report progress to the sink and stop at a cancel between tensors.
+
+    mergekit.merge.run_merge builds its Executor by name; a subclass wrapping its result stream is
+    the one hook it leaves, and the rest of run_merge (planning, config, tokenizer) stays mergekit's.
+    """
+    import mergekit.merge as mergekit_merge
+
+    class WatchedExecutor(mergekit_merge.Executor):
+        def run(self, quiet: bool = False, desc: str | None = None):
+            total = len(self.targets)
+            for done, item in enumerate(super().run(quiet=quiet, desc=desc), start=1):
+                reason = sink.should_stop()
+                if reason:
+                    sink.event("warning", f"merge stopped ({reason}) after {done} of {total} tensors; nothing was written")
+                    raise JobStopped(reason)
+                sink.metrics(done, {"tensors_done": done, "tensors_total": total})
+                yield item
+
+    original = mergekit_merge.Executor
+    mergekit_merge.Executor = WatchedExecutor
+    try:
+        yield
+    finally:
+        mergekit_merge.Executor = original
+
+
+def run_mergekit(config: dict, out_path: Path, *, seed: int, sink: Sink, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> None:
+    """Run one mergekit configuration into `out_path`, as mergekit's own `mergekit-yaml` would."""
+    from mergekit.merge import run_merge as mergekit_run_merge
+    from mergekit.options import MergeOptions
+
+    merge_config = _validated(config)
+    options = MergeOptions(
+        copy_tokenizer=True, random_seed=seed, quiet=True, lazy_unpickle=False, out_shard_size=max_shard_bytes,
+        # The result folder's README.md is tunebench's model card; the configuration is kept below.
+        write_model_card=False,
+    )
+    with _watched_executor(sink):
+        try:
+            mergekit_run_merge(merge_config, str(out_path), options=options)
+        except (JobStopped, EngineError):
+            raise
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            raise EngineError(f"mergekit could not merge: {exc}",
+                              "check the models' paths, that they share an architecture, and the layer ranges") from None
+    (out_path / MERGEKIT_CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+
+
+def _tensor_count(folder: Path) -> int:
+    with contextlib.ExitStack() as stack:
+        return len(SafetensorsModel(folder, stack).names())
 
 
 def merge_models(preset, out_dir: str | Path, sink: Sink | None = None, *, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> dict[str, Any]:
-    """Merge several fine-tunes of one base, tensor by tensor (see the module docstring)."""
-    import torch
-    from transformers import AutoTokenizer
-
+    """Merge several models with mergekit (see the module docstring)."""
     sink = sink or Sink()
     started = time.time()
     out_dir = Path(out_dir)
     method = preset.method
-    weights = [s.weight for s in preset.models]
-    densities = [s.density for s in preset.models]
-    if method in ("linear", "dare_linear", "ties", "dare_ties") and preset.normalize and abs(sum(weights)) < 1e-12:
-        raise EngineError("models' weights sum to 0, so normalize: true would divide by zero", "change the weights or set normalize: false")
-    needs_base = method in TASK_VECTOR_METHODS
-    out_dtype = torch_dtype(preset.dtype)
-
-    with _staging(out_dir) as staging, contextlib.ExitStack() as stack:
-        source_dirs = _source_dirs(preset, staging, sink)
-        sources = [SafetensorsModel(path, stack) for path in source_dirs]
-        base = SafetensorsModel(preset.base_model, stack) if needs_base else None
-        reference = base or sources[0]
-        reference_dir = Path(preset.base_model) if needs_base else source_dirs[0]
-        names = reference.names()
-        for number, source in enumerate(sources):
-            missing = [n for n in names if n not in source.weight_map]
-            if missing:
-                raise EngineError(
-                    f"models[{number}] ({source.path}) lacks {len(missing)} tensor(s) of {reference.path}, e.g. {missing[0]}",
-                    "merge only fine-tunes of one architecture and base (same layers, same vocabulary)",
-                )
-            for name in names:
-                if source.shape(name) != reference.shape(name):
-                    raise EngineError(
-                        f"models[{number}] ({source.path}): {name} has shape {source.shape(name)}, {reference.path} has {reference.shape(name)}",
-                        "merge only fine-tunes of one base (a resized vocabulary does not merge)",
-                    )
-        sink.event("info", f"{method} merge of {len(sources)} model(s), {len(names)} tensors"
-                   + (f", base {preset.base_model}" if needs_base else ""))
-        writer = ShardWriter(staging, max_shard_bytes)
-        report_every = max(1, len(names) // 100)
-        for index, name in enumerate(names):
-            reason = sink.should_stop()
-            if reason:
-                sink.event("warning", f"merge stopped ({reason}) after {index} of {len(names)} tensors; nothing was written")
-                raise JobStopped(reason)
-            first = reference.get(name)
-            if not first.is_floating_point():  # integer buffers are not merged
-                writer.add(name, first)
-                continue
-            tensors = [s.get(name).float() for s in sources]
-            base_tensor = base.get(name).float() if base else None
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_tensor_seed(preset.seed, index))
-                merged = merge_tensor(
-                    method, tensors, base_tensor, weights=weights, densities=densities, t=preset.t,
-                    normalize=preset.normalize, lambda_=preset.lambda_,
-                )
-            writer.add(name, merged.to(out_dtype))
-            if (index + 1) % report_every == 0 or index + 1 == len(names):
-                sink.metrics(index + 1, {"tensors_done": index + 1, "tensors_total": len(names)})
-        shard_files = writer.finish()
-        _write_config(reference_dir, staging, preset.dtype)
-        tokenizer_dir = next((d for d in [*source_dirs, reference_dir] if (d / "tokenizer_config.json").is_file()), None)
-        if tokenizer_dir is not None:
-            AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(staging)
+    if method in ("linear", "dare_linear", "ties", "dare_ties") and preset.normalize is not False:
+        if abs(sum(s.weight for s in preset.models)) < 1e-12:
+            raise EngineError("models' weights sum to 0, so normalize would divide by zero", "change the weights or set normalize: false")
+    with _staging(out_dir) as staging:
+        source_dirs = None
+        if method != "mergekit":
+            source_dirs = _source_dirs(preset, staging, sink)
+            reference = Path(preset.base_model) if method in TASK_VECTOR_METHODS else source_dirs[0]
+            _check_same_tensors(reference, source_dirs)
         else:
-            sink.event("warning", "no source has a tokenizer: the merged model is saved without one")
+            _check_local_models(preset.mergekit)
+        config = mergekit_config(preset, source_dirs)
+        what = config.get("merge_method")
+        sink.event("info", f"{what} merge with mergekit" + (f" ({len(preset.models)} model(s))" if preset.models else ""))
+        run_mergekit(config, staging, seed=preset.seed, sink=sink, max_shard_bytes=max_shard_bytes)
         shutil.rmtree(staging / "_sources", ignore_errors=True)
+        shards = sorted(p.name for p in staging.glob("*.safetensors"))
         summary = {
-            "status": "completed", "method": method, "models": [s.model_dump() for s in preset.models],
-            "base_model": preset.base_model, "t": preset.t, "normalize": preset.normalize, "lambda": preset.lambda_,
-            "seed": preset.seed, "dtype": preset.dtype, "tensors": len(names), "shards": len(shard_files),
+            "status": "completed", "method": method, "merge_method": what, "models": [s.model_dump() for s in preset.models],
+            "base_model": config.get("base_model"),
+            # our preset form's settings; a mergekit configuration carries its own (below)
+            "t": preset.t if method == "slerp" else None, "normalize": preset.normalize,
+            "lambda": preset.lambda_ if method in TASK_VECTOR_METHODS else None,
+            "seed": preset.seed, "dtype": preset.dtype, "tensors": _tensor_count(staging), "shards": len(shards),
             "size_bytes": _dir_size(staging), "output": str(out_dir), "seconds": round(time.time() - started, 2),
+            "mergekit": config,
         }
         _write_report(staging, summary)
     sink.event("info", f"saved the merged model ({preset.dtype}, {human_bytes(summary['size_bytes'])}) to {out_dir}")
     return summary
-
-
-def _write_config(source_dir: Path, staging: Path, dtype: str) -> None:
-    config = json.loads((source_dir / "config.json").read_text(encoding="utf-8"))
-    name = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[dtype]
-    config["dtype"] = name
-    config.pop("torch_dtype", None)  # transformers 5 reads dtype; a stale torch_dtype would contradict it
-    (staging / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    generation = source_dir / "generation_config.json"
-    if generation.is_file():
-        shutil.copy(generation, staging / "generation_config.json")

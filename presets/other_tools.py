@@ -101,3 +101,26 @@ KEYS_FROM_OTHER_TOOLS: dict[str, str] = {
     "deepspeed": "distributed.strategy",
     "fsdp": "distributed.strategy",
 }
+
+# Values that other tools spell differently (presets/importers.py turns their configs into presets).
+OPTIMIZERS_FROM_OTHER_TOOLS: dict[str, str] = {
+    "adamw": "adamw", "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw",
+    "adamw_8bit": "adamw_8bit", "adamw_bnb_8bit": "adamw_8bit",
+    "paged_adamw_8bit": "paged_adamw_8bit", "paged_adamw_32bit": "paged_adamw_32bit",
+    "adafactor": "adafactor", "sgd": "sgd",
+}
+CHAT_TEMPLATES_FROM_OTHER_TOOLS: dict[str, str] = {
+    # LLaMA-Factory's `template` and axolotl's `chat_template` names with a tunebench named template
+    "llama3": "llama3", "chatml": "chatml", "qwen": "qwen2", "qwen2": "qwen2", "qwen2_5": "qwen2",
+    "mistral": "mistral", "alpaca": "alpaca",
+}
+ATTENTION_FROM_LLAMA_FACTORY: dict[str, str] = {"auto": "auto", "disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}
+# LLaMA-Factory's dataset_info.json `columns` and `tags` names → our data.columns / data.tags keys
+LLAMA_FACTORY_COLUMNS: dict[str, str] = {
+    "prompt": "instruction", "query": "input", "response": "output", "history": "history",
+    "messages": "conversations", "system": "system", "tools": "tools",
+}
+LLAMA_FACTORY_TAGS: dict[str, str] = {
+    "role_tag": "role_key", "content_tag": "content_key", "user_tag": "user", "assistant_tag": "assistant",
+    "system_tag": "system", "function_tag": "function_call", "observation_tag": "observation",
+}

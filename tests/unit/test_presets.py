@@ -151,3 +151,27 @@ def test_cli_validate_reports_problems_and_exits_2():
     assert 'training.lr: expected a number, got "fast"' in result.stderr
     ok = subprocess.run([sys.executable, "-m", "tui.cli", "presets", "validate", "demo"], capture_output=True, text=True)
     assert ok.returncode == 0 and "valid train preset" in ok.stdout
+
+
+def test_multi_model_merge_presets_name_the_merge_extra_when_mergekit_is_missing(monkeypatch):
+    import presets.extras
+    from presets.schema import MergePreset
+
+    real = presets.extras.is_installed
+    monkeypatch.setattr(presets.extras, "is_installed", lambda module: module != "mergekit" and real(module))
+    with pytest.raises(ValueError, match=r"method ties needs mergekit, which is not installed: pip install 'tunebench\[merge\]'"):
+        MergePreset(name="m", method="ties", base_model="b", models=[{"path": "a"}])
+    assert MergePreset(name="m", method="adapter", adapter="x").method == "adapter"  # folding an adapter needs no mergekit
+
+
+def test_mergekit_merge_presets_hold_a_configuration_with_its_outline_checked():
+    from presets.schema import MergePreset
+
+    config = {"merge_method": "passthrough", "slices": [{"sources": [{"model": "m", "layer_range": [0, 2]}]}]}
+    assert MergePreset(name="m", method="mergekit", mergekit=config).mergekit == config
+    with pytest.raises(ValueError, match="goes with method: mergekit"):
+        MergePreset(name="m", method="linear", models=[{"path": "a"}], mergekit=config)
+    with pytest.raises(ValueError, match="merge_method: required"):
+        MergePreset(name="m", method="mergekit", mergekit={"models": []})
+    with pytest.raises(ValueError, match="needs models: .* or slices:"):
+        MergePreset(name="m", method="mergekit", mergekit={"merge_method": "linear"})

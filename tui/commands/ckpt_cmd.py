@@ -5,7 +5,7 @@
     tunebench eval RUN [--checkpoint STEP] [--samples N] [--data FILE]    queue an eval job
     tunebench eval PRESET                           queue an eval preset (kind: eval)
     tunebench merge RUN [--checkpoint STEP] [--dtype bf16|fp16|fp32]      queue an adapter merge
-    tunebench merge PRESET                          queue a merge preset (kind: merge)
+    tunebench merge PRESET                          queue a merge preset (kind: merge), or a mergekit YAML as it is
     tunebench export RUN [--checkpoint STEP] DIR    copy the adapter / model + tokenizer
 
 Nothing here imports torch (export of an adapter saved without its tokenizer loads the base's).
@@ -14,10 +14,11 @@ Nothing here imports torch (export of an adapter saved without its tokenizer loa
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
-from tui.commands.common import CliError, confirm, console, workspace
+from tui.commands.common import CliError, add_json_arg, confirm, console, print_json, print_table, run_json, workspace
 
 FINAL_STATES = ("completed", "failed", "cancelled", "interrupted")
 
@@ -31,6 +32,7 @@ def register(subparsers) -> None:
     action.add_argument("--delete", type=int, metavar="STEP", help="delete a checkpoint (folder and record)")
     action.add_argument("--repair", action="store_true", help="bring records and folders back into agreement after a crash")
     checkpoints.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    add_json_arg(checkpoints)
     checkpoints.set_defaults(handler=_checkpoints)
 
     evaluate = subparsers.add_parser("eval", help="queue an eval job: a run's checkpoint against its base, or an eval preset")
@@ -44,7 +46,7 @@ def register(subparsers) -> None:
     evaluate.set_defaults(handler=_eval)
 
     merge = subparsers.add_parser("merge", help="queue a merge job: fold a run's adapter into its base, or a merge preset")
-    merge.add_argument("target", help="run id / prefix / name, or a merge preset (name or YAML path)")
+    merge.add_argument("target", help="run id / prefix / name, a merge preset (name or YAML path), or a mergekit YAML")
     merge.add_argument("--checkpoint", type=int, metavar="STEP", help="merge this checkpoint's adapter (default: the final one)")
     merge.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="dtype of the saved model (default bf16)")
     merge.add_argument("--output", metavar="DIR", help="where the merged model goes (default runs/<id>/merged/<merge run id>/)")
@@ -67,6 +69,7 @@ def _add_queue_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", type=int, default=0, help="higher runs first (default 0)")
     parser.add_argument("--no-engine", action="store_true", help="only queue it; do not start the engine")
     parser.add_argument("--wait", action="store_true", help="wait for the job to end and print its outcome")
+    add_json_arg(parser)
 
 
 def _context(args):
@@ -130,11 +133,20 @@ def _checkpoints(args: argparse.Namespace) -> int:
         out.print(f"deleted checkpoint {info.step} of {run.id}")
         return 0
     infos = ckpt.list_checkpoints(store, ws, run.id)
+    if args.json:
+        print_json({"run": run.id, "name": run.name, "state": run.state, "checkpoints": [checkpoint_json(i) for i in infos]})
+        return 0
     if not infos:
         out.print(f"run {run.id} ({run.name}, {run.state}) has no checkpoints")
         return 0
-    out.print(checkpoint_table(infos, title=f"{run.id} · {run.name} · {run.state}"))
+    print_table(out, checkpoint_table(infos, title=f"{run.id} · {run.name} · {run.state}"))
     return 0
+
+
+def checkpoint_json(info) -> dict:
+    return {"step": info.step, "path": str(info.path), "train_loss": info.train_loss, "eval_loss": info.eval_loss,
+            "size_bytes": info.size_bytes, "created_at": info.created_at, "best": info.best, "keep": info.keep,
+            "latest": info.latest, "on_disk": info.on_disk}
 
 
 # --------------------------------------------------------------------------- eval / merge
@@ -178,10 +190,12 @@ def _queue(args, preset) -> int:
 
     ws = workspace(args)
     run = control.submit(ws, preset, name=args.name, priority=args.priority, start=not args.no_engine)
-    out = console()
+    out = console(stderr=args.json)
     out.print(f"queued {run.kind} run [bold]{run.id}[/] ({run.name})")
     if not args.wait:
         out.print(f"[dim]follow it: tunebench logs -f {run.id}   ·   tunebench show {run.id}[/]")
+        if args.json:
+            print_json({"run": run_json(run), "results": None})
         return 0
     return _wait(args, run.id)
 
@@ -190,7 +204,7 @@ def _wait(args, run_id: str) -> int:
     from jobs.store import open_store
 
     store = open_store(workspace(args))
-    out = console()
+    out = console(stderr=args.json)
     while True:
         run = store.get_run(run_id)
         if run is None or run.state in FINAL_STATES:
@@ -201,6 +215,12 @@ def _wait(args, run_id: str) -> int:
     if run.state != "completed":
         raise CliError(f"run {run.id} ended {run.state}" + (f": {run.error}" if run.error else ""), run.advice)
     out_dir = run.info.get("out_dir")
+    if args.json:
+        # the job's results: engine.evaluate's results.json for an eval, the merge summary for a merge
+        results_file = Path(out_dir) / "results.json" if out_dir and run.kind == "eval" else None
+        results = json.loads(results_file.read_text(encoding="utf-8")) if results_file and results_file.is_file() else run.info.get("result")
+        print_json({"run": run_json(run), "results": results})
+        return 0
     if run.kind == "eval" and out_dir and (Path(out_dir) / "results.md").is_file():
         out.print((Path(out_dir) / "results.md").read_text(encoding="utf-8"), markup=False)
     else:
@@ -232,13 +252,26 @@ def _merge(args: argparse.Namespace) -> int:
     ws, store = _context(args)
     run = _target_run(store, args.target)
     if run is None:
-        preset = _load_kind(args, "merge")
+        preset = _mergekit_file(args) or _load_kind(args, "merge")
         if args.checkpoint is not None:
             raise CliError("--checkpoint applies to `tunebench merge RUN`; in a preset, set checkpoint:")
         updates = {k: v for k, v in (("dtype", args.dtype), ("output", args.output)) if v}
         return _queue(args, preset.model_copy(update=updates) if updates else preset)
     preset = targets.merge_preset_for_run(store, ws, run.id, checkpoint=args.checkpoint, dtype=args.dtype, output=args.output)
     return _queue(args, _with_overrides(preset, args.overrides))
+
+
+def _mergekit_file(args):
+    """The merge preset of a mergekit YAML named on the command line, taken as it is; else None."""
+    from presets.importers import MERGEKIT, detect_tool, import_config
+    from presets.loader import parse_yaml, read_text
+
+    path = Path(args.target).expanduser()
+    if not (args.target.endswith((".yaml", ".yml")) and path.is_file()):
+        return None
+    if detect_tool(parse_yaml(read_text(path), str(path))) != MERGEKIT:
+        return None
+    return _with_overrides(import_config(path).preset, args.overrides)
 
 
 # --------------------------------------------------------------------------- export

@@ -1,10 +1,11 @@
-"""`tunebench presets …`: list, show, copy, rename, delete and validate presets."""
+"""`tunebench presets …`: list, show, copy, rename, delete, validate and import presets."""
 
 from __future__ import annotations
 
 import argparse
 
-from tui.commands.common import CliError, add_preset_args, confirm, console, load_preset_from_args, workspace
+from tui.commands.common import (CliError, add_preset_args, confirm, console, load_preset_from_args, print_table,
+                                 workspace)
 
 
 def register(subparsers) -> None:
@@ -36,6 +37,13 @@ def register(subparsers) -> None:
     remove.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     remove.set_defaults(handler=_rm)
 
+    imports = actions.add_parser(
+        "import", help="make a workspace preset from a LLaMA-Factory, axolotl or mergekit YAML; lists what it could not map",
+    )
+    imports.add_argument("file", help="the other tool's YAML (LLaMA-Factory reads dataset_info.json beside its dataset_dir)")
+    imports.add_argument("--name", help="name of the new preset (default: the file's name)")
+    imports.set_defaults(handler=_import)
+
     reference = actions.add_parser("reference", help="print every preset field (Markdown), or update the README's copy")
     reference.add_argument("--update", metavar="README", help="rewrite the generated block of this README in place")
     reference.set_defaults(handler=_reference)
@@ -57,7 +65,7 @@ def _list(args: argparse.Namespace) -> int:
             table.add_row(name, preset.kind, origin, preset.description)
         except Exception as exc:  # a broken user preset is listed, not fatal
             table.add_row(name, "?", origin, f"[red]invalid: {str(exc).splitlines()[0]}[/]")
-    console().print(table)
+    print_table(console(), table)
     return 0
 
 
@@ -114,6 +122,27 @@ def _rm(args: argparse.Namespace) -> int:
             return 1
     path = delete_user_preset(root, args.name)
     console().print(f"deleted {path}")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from presets.importers import import_config
+    from presets.loader import save_user_preset, user_dir
+
+    root = workspace(args).root
+    imported = import_config(args.file, name=args.name)
+    name = imported.preset.name
+    if (user_dir(root) / f"{name}.yaml").exists():
+        raise CliError(f"{user_dir(root) / f'{name}.yaml'} exists already", "pick another name with --name")
+    path = save_user_preset(root, name, imported.text)
+    out = console()
+    out.print(f"imported {args.file} ({imported.tool}): {len(imported.mapped)} key(s) mapped; wrote {path}")
+    if imported.unmapped:
+        out.print(f"[yellow]{len(imported.unmapped)} key(s) not mapped:[/]")
+        for item in imported.unmapped:
+            out.print(f"  {item.key}: {item.reason}", markup=False)
+    hint = "tunebench merge" if imported.preset.kind == "merge" else "tunebench data"
+    out.print(f"[dim]check it: tunebench presets show {name}   ·   {hint} {name}[/]")
     return 0
 
 
