@@ -15,6 +15,8 @@ import unicodedata
 from collections import Counter
 from functools import lru_cache
 
+from presets.extras import require
+
 METRICS = ("exact_match", "token_f1", "rouge_l", "bleu")
 METRIC_LABELS = {"exact_match": "exact match", "token_f1": "token F1", "rouge_l": "ROUGE-L", "bleu": "BLEU"}
 METRIC_SCALE = {"exact_match": 1.0, "token_f1": 1.0, "rouge_l": 1.0, "bleu": 100.0}  # the best possible value
@@ -68,6 +70,7 @@ class _UnicodeTokenizer:
 
 @lru_cache(maxsize=1)
 def _rouge_scorer():
+    require("rouge_score", "ROUGE-L in evaluation")
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_UnicodeTokenizer())
@@ -78,12 +81,14 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 
 def sentence_bleu(prediction: str, reference: str) -> float:
+    require("sacrebleu", "BLEU in evaluation")
     import sacrebleu
 
     return float(sacrebleu.sentence_bleu(prediction, [reference]).score)
 
 
 def corpus_bleu(predictions: list[str], references: list[str]) -> float:
+    require("sacrebleu", "BLEU in evaluation")
     import sacrebleu
 
     if not predictions:

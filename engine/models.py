@@ -169,9 +169,11 @@ def import_bitsandbytes():
     try:
         import bitsandbytes
     except Exception as exc:  # ImportError, or a RuntimeError from a broken native library
+        from presets.extras import install_hint
+
         raise EngineError(
             f"bitsandbytes cannot be imported here ({exc})",
-            "install bitsandbytes (pip install bitsandbytes), or set model.quantization.mode: none and use lora",
+            f"{install_hint('bitsandbytes')}, or set model.quantization.mode: none and use lora",
         ) from None
     return bitsandbytes
 
@@ -277,7 +279,10 @@ def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bo
         model = AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except ImportError as exc:
         if "flash" in str(exc).lower():
-            raise EngineError(f"attn_implementation flash_attention_2 is not available: {exc}", "set model.attn_implementation: sdpa (or auto)") from None
+            from presets.extras import install_hint
+
+            raise EngineError(f"attn_implementation flash_attention_2 is not available: {exc}",
+                              f"{install_hint('flash_attn')} on a CUDA machine, or set model.attn_implementation: sdpa (or auto)") from None
         raise EngineError(f"loading {source} needs a missing package: {exc}", "install it into the environment") from None
     except ValueError as exc:
         if "attn_implementation" in str(exc) or "attention" in str(exc).lower():

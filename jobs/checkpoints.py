@@ -272,6 +272,11 @@ def export_weights(source: Path, destination: Path, *, base_model: str | None = 
 
             AutoTokenizer.from_pretrained(base_model).save_pretrained(tmp)
             copied.append("tokenizer (from the base model)")
+        from engine.card import result_origin, write_model_card
+
+        write_model_card(tmp, **result_origin(source))  # rewritten: evaluations since training belong on it
+        if "README.md" not in copied:
+            copied.append("README.md")
         if destination.exists():
             destination.rmdir()
         os.replace(tmp, destination)

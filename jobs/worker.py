@@ -99,6 +99,11 @@ def eval_job(run: Run, ws: Workspace, store: Store, sink: Sink) -> JobOutcome:
     if outcome.status == "completed":
         store.add_eval_result(run.id, {"target_run": preset.run, "checkpoint": preset.checkpoint,
                                        "out_dir": str(out_dir), "result": outcome.details})
+        final = ws.run_dir(preset.run) / "final" if preset.run and preset.checkpoint is None else None
+        if final is not None and final.is_dir():
+            from engine.card import write_model_card
+
+            write_model_card(final, run_dir=final.parent)  # the result's card shows its latest evaluation
         store.update_run(run.id, info={"out_dir": str(out_dir)})
     return outcome
 

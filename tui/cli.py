@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "tui.commands.ckpt_cmd",
     "tui.commands.demo_cmd",
     "tui.commands.store_cmd",
+    "tui.commands.cache_cmd",
+    "tui.commands.push_cmd",
 ]
 
 
@@ -31,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="A terminal workbench for fine-tuning language models. Without a verb, opens the TUI.",
     )
     parser.add_argument("--workspace", "-w", help="workspace directory (default: $TUNEBENCH_HOME or ./.tunebench)")
+    parser.add_argument("--version", action="version", version=f"tunebench {_version()}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    completion = subparsers.add_parser("completion", help="print the shell completion script: bash, zsh or fish (README: Shell completion)")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+    completion.set_defaults(handler=_completion)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -42,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(subparsers)
     _accept_workspace_after_verb(subparsers)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunebench")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _completion(args: argparse.Namespace) -> int:
+    """argcomplete's script for the shell: it calls `tunebench` back to complete verbs and options."""
+    import argcomplete
+
+    sys.stdout.write(argcomplete.shellcode(["tunebench"], shell=args.shell))
+    return 0
 
 
 def _accept_workspace_after_verb(subparsers) -> None:
@@ -78,6 +101,10 @@ def _warn_if_exposed(workspace_arg: str | None) -> None:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # a shell asking for completions (see _completion); exits when done
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     _warn_if_exposed(args.workspace)
     if args.verb is None:

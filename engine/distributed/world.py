@@ -111,10 +111,12 @@ def check_environment(preset: TrainPreset, visible_gpus: int) -> None:
     if strategy == "deepspeed":
         import importlib.util
 
+        from presets.extras import install_hint
+
         if importlib.util.find_spec("deepspeed") is None:
             raise EngineError(
                 "distributed.strategy deepspeed needs the deepspeed package, which is not installed",
-                "pip install deepspeed (it compiles its CUDA ops on first use), or use distributed.strategy: fsdp",
+                f"{install_hint('deepspeed')} (it compiles its CUDA ops on first use), or use distributed.strategy: fsdp",
             )
 
 

@@ -60,6 +60,9 @@ def test_an_eval_job_shows_the_fine_tune_ahead_of_the_base(demo_workspace):
     assert tuned["exact_match"] > base["exact_match"], results["samples"]
     assert tuned["token_f1"] > base["token_f1"]
     assert results["loss"]["finetuned"]["eval_loss"] < results["loss"]["base"]["eval_loss"]
+    # final/'s model card now carries the evaluation (model-index and its table)
+    card = (ws.run_dir(trained.id) / "final" / "README.md").read_text()
+    assert "model-index" in card and "## Evaluation" in card
     # The job's own metrics are in the store like a training run's.
     names = {m.name for m in store.metrics_since(job.id)}
     assert {"eval_loss", "base_eval_loss", "exact_match", "base_exact_match"} <= names

@@ -23,7 +23,7 @@ def test_demo_headless_learns_and_the_base_does_not(tmp_path):
     try:
         result = tunebench(workspace, "demo", "--headless", "--no-diverge", "--json")
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        comparison = json.loads(result.stdout.strip().splitlines()[-1])
+        comparison = json.loads(result.stdout)  # with --json, stdout is the JSON alone (progress: stderr)
         assert comparison["fine-tuned"]["exact"], comparison
         assert not comparison["base"]["exact"], comparison
         assert comparison["fine-tuned"]["text"] == comparison["reference"]

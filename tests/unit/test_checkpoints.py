@@ -150,7 +150,9 @@ def test_export_copies_the_adapter_without_trainer_state(trained, tmp_path):
     ws, store, run_id = trained
     target = run_target(store, ws, run_id, 20)
     copied = ckpt.export_weights(target.weights_dir, tmp_path / "out")
-    assert sorted(copied) == ["adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"]
+    assert sorted(copied) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(copied)
+    # the model card says which checkpoint of which run this is
+    assert f"of run {run_id}, checkpoint 20" in (tmp_path / "out" / "README.md").read_text()
     with pytest.raises(ckpt.CheckpointError, match="not empty"):
         ckpt.export_weights(target.weights_dir, tmp_path / "out")

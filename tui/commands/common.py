@@ -1,4 +1,4 @@
-"""Helpers shared by the CLI verbs: workspace, console, errors."""
+"""Helpers shared by the CLI verbs: workspace, console, tables, --json output, errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,55 @@ class CliError(TunebenchError):
 
 
 def console(stderr: bool = False):
+    """Rich's console: colour only on a terminal, none under NO_COLOR (Rich reads it)."""
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
+
+
+def print_table(out, table) -> None:
+    """A table on a terminal fits its width; piped or redirected, it is printed at its natural width,
+    so no cell is ever cut ("comple…") for a script or a file to read."""
+    if out.is_terminal:
+        out.print(table)
+        return
+    from rich.measure import Measurement
+
+    natural = Measurement.get(out, out.options.update(width=1 << 16), table).maximum
+    previous = out.width  # print(width=) is capped at the console's width: widen the console itself
+    out.width = max(previous, natural)
+    try:
+        out.print(table)
+    finally:
+        out.width = previous
+
+
+# --json: the shapes are the README's ("Output for scripts"); keep them stable, add keys only.
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout (the README documents its shape); notices go to stderr")
+
+
+def print_json(data) -> None:
+    """`data` as JSON, alone on stdout."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def run_json(run) -> dict:
+    """A run as --json shows it (ls, show, queued jobs)."""
+    return {
+        "id": run.id, "name": run.name, "kind": run.kind, "state": run.state, "priority": run.priority,
+        "step": run.step, "total_steps": run.total_steps, "progress": run.progress,
+        "last_loss": run.last_loss, "best_eval_loss": run.best_eval_loss, "best_eval_step": run.best_eval_step,
+        "findings": run.findings, "attempt": run.attempt, "gpu": run.gpu,
+        "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
+        "running_s": run.running_time(), "parent_run": run.parent_run, "parent_checkpoint": run.parent_checkpoint,
+        "dry_run": run.dry_run, "error": run.error, "advice": run.advice,
+    }
 
 
 def workspace(args: argparse.Namespace):

@@ -9,11 +9,10 @@ terminal output, for scripts and tests.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from tui.commands.common import CliError, console, workspace
+from tui.commands.common import CliError, console, print_json, workspace
 
 DEMO_PRESET = "demo"
 DIVERGE_PRESET = "demo-diverge"
@@ -67,7 +66,8 @@ def _demo(args: argparse.Namespace) -> int:
     from jobs.store import open_store
 
     ws = workspace(args).ensure()
-    out = console()
+    # With --json, stdout holds the JSON alone: the story and the progress bar go to stderr.
+    out = console(stderr=args.json)
     out.print(f"[bold]tunebench demo[/] in workspace {ws.root}")
     prepare_demo_workspace(ws, out)
     store = open_store(ws)
@@ -111,7 +111,7 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
     out.print(f"[green]the demo run completed[/] in {run.running_time():.0f} s; best eval loss {run.best_eval_loss}")
     comparison = compare_on_training_question(ws, run_id)
     if as_json:
-        print(json.dumps(comparison, ensure_ascii=False))
+        print_json(comparison)
         return 0
     from rich.panel import Panel
 

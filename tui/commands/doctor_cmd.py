@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from tui.commands.common import CliError, console, workspace
+from tui.commands.common import CliError, console, print_table, workspace
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 SPARK = "▁▂▃▄▅▆▇█"
@@ -193,9 +193,9 @@ def _doctor_preset(args, ws, preset) -> int:
             f"{report.supervised_share:.0%} of {report.total_tokens} tokens supervised, longest {report.length.max} tokens"
         )
     if estimate is not None:
-        out.print(memory_table(estimate))
+        print_table(out, memory_table(estimate))
         if estimate.suggestions:
-            out.print(suggestion_table(estimate))
+            print_table(out, suggestion_table(estimate))
     else:
         out.print(f"  memory: {memory_note}")
     _print_findings(out, findings, healthy="no findings on the data or the memory")

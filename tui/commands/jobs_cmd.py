@@ -10,7 +10,9 @@ import sys
 import time
 
 from tui import format as fmt
-from tui.commands.common import CliError, add_preset_args, confirm, console, workspace
+from tui.commands.common import (
+    CliError, add_json_arg, add_preset_args, confirm, console, print_json, print_table, run_json, workspace,
+)
 
 STATE_STYLE = {
     "queued": "cyan", "running": "bold yellow", "completed": "green", "failed": "bold red",
@@ -30,11 +32,13 @@ def register(subparsers) -> None:
     ls = subparsers.add_parser("ls", help="list runs, newest first")
     ls.add_argument("--state", action="append", help="only runs in this state (repeatable)")
     ls.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50; 0 = all)")
+    add_json_arg(ls)
     ls.set_defaults(handler=_ls)
 
     show = subparsers.add_parser("show", help="a run's details, checkpoints and recent events")
     show.add_argument("run", help="run id, unique id prefix, or name")
     show.add_argument("--events", type=int, default=15, help="how many recent events to show")
+    add_json_arg(show)
     show.set_defaults(handler=_show)
 
     logs = subparsers.add_parser("logs", help="print a run's log (runs/<id>/run.log)")
@@ -68,7 +72,9 @@ def register(subparsers) -> None:
     stop = actions.add_parser("stop", help="stop it: running jobs checkpoint and end interrupted")
     stop.add_argument("--timeout", type=float, default=600, help="seconds to wait for it to exit")
     stop.set_defaults(handler=_engine_stop)
-    actions.add_parser("status", help="is it running, on which GPUs, doing what").set_defaults(handler=_engine_status)
+    status = actions.add_parser("status", help="is it running, on which GPUs, doing what (exit 1 when it is not running)")
+    add_json_arg(status)
+    status.set_defaults(handler=_engine_status)
     actions.add_parser("run", help="run it in the foreground (Ctrl-C stops it)").set_defaults(handler=_engine_run)
 
 
@@ -126,6 +132,10 @@ def _ls(args: argparse.Namespace) -> int:
     store = _store(args)
     runs = store.list_runs(states=args.state)
     shown = runs[: args.limit] if args.limit else runs
+    if args.json:
+        print_json({"runs": [run_json(run) for run in shown], "total": len(runs),
+                    "engine": engine_json(engine_status(workspace(args), store))})
+        return 0
     out = console()
     if not runs:
         out.print("no runs yet: `tunebench submit PRESET` queues one")
@@ -139,7 +149,7 @@ def _ls(args: argparse.Namespace) -> int:
             name = run.name if run.kind == "train" else f"{run.name} [dim]({run.kind})[/]"
             table.add_row(run.id, name, _state(run.state), _progress(run), _number(run.last_loss),
                           _number(run.best_eval_loss), str(run.findings or ""), _duration(run.running_time()))
-        out.print(table)
+        print_table(out, table)
         if len(shown) < len(runs):
             out.print(f"[dim]{len(runs) - len(shown)} older runs not shown (--limit 0 shows all)[/]")
     out.print(f"[dim]{engine_status(workspace(args), store).describe()}[/]")
@@ -152,6 +162,9 @@ def _show(args: argparse.Namespace) -> int:
     store = _store(args)
     run = store.resolve_run(args.run)
     ws = workspace(args)
+    if args.json:
+        print_json(_show_json(store, ws, run, args.events))
+        return 0
     out = console()
     out.print(f"[bold]{run.id}[/]  {run.name}  ({run.kind})  {_state(run.state)}"
               + ("  [dim]dry run[/]" if run.dry_run else ""))
@@ -186,7 +199,7 @@ def _show(args: argparse.Namespace) -> int:
             flags = " ".join(f for f, on in (("best", row.best), ("kept", row.keep)) if on)
             size = fmt.size(row.size_bytes) if row.size_bytes else ""  # the unit the TUI shows
             table.add_row(str(row.step), _number(row.metrics.get("eval_loss")), size, flags)
-        out.print(table)
+        print_table(out, table)
     findings = store.findings(run.id)
     if findings:
         out.print(f"[bold]doctor[/] ({len(findings)} finding(s))")
@@ -315,8 +328,39 @@ def _engine_status(args: argparse.Namespace) -> int:
     from jobs.engine_process import engine_status
 
     status = engine_status(workspace(args), _store(args))
-    console().print(status.describe())
+    if args.json:
+        print_json(engine_json(status))
+    else:
+        console().print(status.describe())
     return 0 if status.running else 1
+
+
+def engine_json(status) -> dict:
+    return {"running": status.running, "pid": status.pid, "gpus": list(status.gpus), "current_runs": list(status.current_runs),
+            "queue_length": status.queue_length, "started_at": status.started_at}
+
+
+def _show_json(store, ws, run, events: int) -> dict:
+    from jobs.targets import eval_results_for
+
+    return {
+        **run_json(run),
+        "folder": str(ws.run_dir(run.id)),
+        "info": run.info,
+        "checkpoints": [{"step": row.step, "path": row.path, "eval_loss": row.metrics.get("eval_loss"), "size_bytes": row.size_bytes,
+                         "best": bool(row.best), "keep": bool(row.keep)} for row in store.list_checkpoints(run.id)],
+        "findings": store.findings(run.id),
+        "events": [{"time": e.time, "level": e.level, "step": e.step, "text": e.text}
+                   for e in (store.events_since(run.id)[-events:] if events else [])],
+        "eval_results": [row_json(row) for row in eval_results_for(store, run.id)],
+    }
+
+
+def row_json(row) -> dict:
+    """An evaluation result of the store as --json shows it (`results`: engine.evaluate's results.json)."""
+    payload = row.payload if isinstance(row.payload, dict) else {}
+    return {"eval_run": row.run_id, "created_at": row.created_at, "target_run": payload.get("target_run"),
+            "checkpoint": payload.get("checkpoint"), "out_dir": payload.get("out_dir"), "results": payload.get("result")}
 
 
 def _engine_run(args: argparse.Namespace) -> int:
