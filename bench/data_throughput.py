@@ -81,7 +81,7 @@ def main() -> int:
 
     # --- 2. batch efficiency of the real collators
     bundle = build_datasets(data, tokenizer)
-    samples = bundle.train
+    samples = list(bundle.train)  # rows as dicts (bundle.train is an Arrow dataset)
     useful = sum(len(s["input_ids"]) for s in samples)
     slots = {}
     supervised = {}

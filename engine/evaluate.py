@@ -107,17 +107,23 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def eval_loss(model, rows: list[dict], collator, batch_size: int, progress: _Progress | None = None) -> dict[str, float]:
+def eval_loss(model, rows, collator, batch_size: int, progress: _Progress | None = None) -> dict[str, float]:
     """Token-weighted mean cross-entropy over supervised tokens, and its perplexity."""
     import torch
     import torch.nn.functional as F
 
     device = _device(model)
     total, tokens = 0.0, 0
-    ordered = sorted(rows, key=lambda r: len(r["input_ids"]))  # less padding; the mean does not care about order
+    if hasattr(rows, "with_format"):  # a datasets.Dataset: the lengths from Arrow, not the token lists
+        import pyarrow.compute as pc
+
+        lengths = pc.list_value_length(rows.with_format("arrow")["input_ids"]).to_pylist()
+    else:
+        lengths = [len(r["input_ids"]) for r in rows]
+    ordered = sorted(range(len(lengths)), key=lengths.__getitem__)  # less padding; the mean does not care about order
     with torch.no_grad():
         for start in range(0, len(ordered), batch_size):
-            batch = collator(ordered[start:start + batch_size])
+            batch = collator([rows[i] for i in ordered[start:start + batch_size]])
             input_ids = batch["input_ids"].to(device)
             labels = batch["labels"].to(device)
             attention_mask = batch.get("attention_mask")
@@ -237,7 +243,9 @@ def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
     sink.event("info", f"loading tokenizer and data ({preset.model.path})")
     tokenizer = load_eval_tokenizer(preset.model, adapter)
     data, dataset_kind = eval_data(preset.data)
-    bundle = build_datasets(data, tokenizer, seed=data.shuffle_seed)
+    from engine.data.cache import cache_dir_for
+
+    bundle = build_datasets(data, tokenizer, seed=data.shuffle_seed, cache_dir=cache_dir_for(out_dir))  # a run's split: its cache entry
     rows = bundle.eval or []
     if not rows:
         raise EngineError(f"no evaluation rows in {', '.join(data.val_files or data.train_files)}", "see `tunebench data PRESET` for what was dropped and why")

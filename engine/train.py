@@ -16,6 +16,7 @@ the run's metrics.jsonl.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -118,6 +119,10 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
     from transformers import TrainingArguments
 
     training = preset.training
+    if "8bit" in training.optimizer or training.optimizer.startswith("paged"):
+        from presets.extras import require
+
+        require("bitsandbytes", f"training.optimizer {training.optimizer}")  # before the Trainer fails deep inside
     warmup = training.warmup_steps or math.ceil(training.warmup_ratio * steps)
     if has_eval:
         eval_strategy, eval_steps = ("steps", training.eval_steps) if training.eval_steps else ("epoch", None)
@@ -150,7 +155,11 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
         save_strategy="steps" if training.save_steps else "epoch",
         save_steps=training.save_steps or 500,
         save_total_limit=None,  # the callback's keep policy prunes, and tells the sink
-        report_to="none",
+        # Trackers get the Trainer's logs beside (never instead of) the sink; tracker_environment
+        # points their files into the run folder.
+        report_to=list(training.report_to) or "none",
+        run_name=artifacts.run_dir.name,
+        project=TRACKER_PROJECT,
         disable_tqdm=True,
         # Our collator yields exactly the model's inputs; the column filter would drop position_ids of packed rows.
         remove_unused_columns=False,
@@ -166,6 +175,42 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
         # NEFTune: noise on the input embeddings in training mode only (evaluation and the saved model see none).
         neftune_noise_alpha=training.neftune_noise_alpha,
     )
+
+
+TRACKER_PROJECT = "tunebench"
+
+
+@contextlib.contextmanager
+def tracker_environment(preset: TrainPreset, artifacts: RunArtifacts):
+    """The environment the Trainer's trackers read, set for one run and restored after it.
+
+    Offline by default, files in the run folder: TensorBoard event files in tensorboard/, W&B in
+    wandb/ (offline unless WANDB_MODE says otherwise), an MLflow file store in mlruns/ (unless
+    MLFLOW_TRACKING_URI names a server), Trackio's database in trackio/ (unless TRACKIO_DIR is set).
+    """
+    run_dir = artifacts.run_dir.resolve()
+    chosen = set(preset.training.report_to)
+    forced, defaults = {}, {}
+    if "tensorboard" in chosen:
+        forced["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
+    if "wandb" in chosen:
+        forced["WANDB_DIR"] = str(run_dir)
+        defaults.update(WANDB_MODE="offline", WANDB_PROJECT=TRACKER_PROJECT)
+    if "mlflow" in chosen:
+        defaults.update(MLFLOW_TRACKING_URI=(run_dir / "mlruns").as_uri(), MLFLOW_EXPERIMENT_NAME=TRACKER_PROJECT)
+    if "trackio" in chosen:
+        defaults["TRACKIO_DIR"] = str(run_dir / "trackio")
+    values = forced | {key: value for key, value in defaults.items() if key not in os.environ}
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _trainer_class():
@@ -339,6 +384,9 @@ def save_final(trainer, artifacts: RunArtifacts) -> Path:
     final = artifacts.final_dir
     if main:
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle nobody needs to load the result
+        from engine.card import write_model_card
+
+        write_model_card(tmp, run_dir=artifacts.run_dir)  # final/ always carries its model card
         old = artifacts.run_dir / ".final-old"
         if final.exists():
             os.replace(final, old)
@@ -351,10 +399,20 @@ def save_final(trainer, artifacts: RunArtifacts) -> Path:
 # --------------------------------------------------------------------------- data
 
 
-def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink):
+def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink, cache_dir: Path | None):
+    """The prepared data, from the workspace's cache when another run or `tunebench data` made it.
+    Under distributed training every rank calls this: the cache's build lock lets the first one
+    prepare and the others wait and load its result."""
     from engine.data import build_datasets
+    from engine.data.progress import progress_reporter
 
-    bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed)
+    if preset.data.streaming and not preset.training.max_steps:
+        raise DataError("data.streaming reads the data while training, so an epoch's length is unknown ahead",
+                        "set training.max_steps (optimizer steps to train), or turn data.streaming off")
+    progress = progress_reporter(lambda line: sink.event("info", line))
+    bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed, cache_dir=cache_dir, progress=progress)
+    if bundle.cache_hit:
+        sink.event("info", f"data: prepared rows from the cache ({bundle.cache_key})")
     report = bundle.report
     if bundle.chat_template:
         # Saved with the tokenizer in every checkpoint and in final/, so chat and eval render alike.
@@ -399,7 +457,8 @@ def train(preset: TrainPreset, run_dir: str | Path, sink: Sink, *, resume_from: 
     jsonl = JsonlSink(artifacts.metrics_file) if main else None
     sinks = MultiSink(sink, jsonl)
     try:
-        return _train(preset, artifacts, sinks, resume_from)
+        with tracker_environment(preset, artifacts):
+            return _train(preset, artifacts, sinks, resume_from)
     except EngineError as exc:
         sinks.event("error", str(exc))
         raise
@@ -431,8 +490,12 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
 
     sink.event("info", f"loading tokenizer and data ({preset.model.path})")
     tokenizer = load_tokenizer(preset.model)
-    bundle = _prepare_data(preset, tokenizer, sink)
-    steps = total_steps(preset, len(bundle.train))
+    from engine.data.cache import cache_dir_for
+
+    bundle = _prepare_data(preset, tokenizer, sink, cache_dir_for(artifacts.run_dir))
+    # A streamed dataset has no length: data.streaming needs training.max_steps (checked in _prepare_data).
+    train_rows = bundle.report.train_samples if preset.data.streaming else len(bundle.train)
+    steps = total_steps(preset, train_rows)
 
     # Before the model: under ZeRO-3 and FSDP the arguments set up the process group and the
     # sharded loading (zero.Init / meta-device ranks) that from_pretrained then uses.
@@ -452,7 +515,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     callback = EngineCallback(
         preset, artifacts.run_dir, sink, device=device,
         run_info=dict(
-            trainable_params=trainable, total_params=total, train_samples=len(bundle.train),
+            trainable_params=trainable, total_params=total, train_samples=train_rows,
             eval_samples=len(bundle.eval or []), method=method, precision=precision, device=str(device),
         ),
     )

@@ -50,6 +50,11 @@ class Workspace:
         return self.root / "data"
 
     @property
+    def cache_dir(self) -> Path:
+        """Prepared (tokenised, Arrow) datasets: safe to delete, rebuilt on demand (engine.data.cache)."""
+        return self.root / "cache"
+
+    @property
     def engine_pid(self) -> Path:
         return self.root / "engine.pid"
 

@@ -179,9 +179,17 @@ class DataConfig(Section):
     val_files: list[str] = Field(default_factory=list, description="validation files (instead of val_ratio)")
     max_length: int = Field(1024, ge=8, description="tokens per sample; longer samples are truncated")
     packing: bool = Field(False, description="pack several samples per row without cross-attention (position ids restart per sample)")
+    packing_strategy: Literal["dataset", "batch"] = Field(
+        "dataset", description="with packing: dataset = the whole dataset packed best-fit-decreasing into rows of "
+        "max_length before training (fullest rows); batch = the samples of each micro-batch packed together"
+    )
     assistant_only_loss: bool = Field(True, description="only assistant turns (and their end-of-turn token) carry labels")
     max_samples: int | None = Field(None, ge=1, description="use at most this many training rows")
     shuffle_seed: int = Field(42, description="seed of the shuffle and of the validation split")
+    streaming: bool = Field(
+        False, description="read and tokenise the training files while training instead of preparing them ahead "
+        "(data too large for the disk cache); needs training.max_steps; the data report comes from a sample"
+    )
 
     @field_validator("train_files", "val_files", mode="before")
     @classmethod
@@ -203,6 +211,9 @@ class DataConfig(Section):
     def _one_validation_source(self):
         if self.val_files and self.val_ratio:
             raise ValueError("set either val_ratio or val_files, not both")
+        if self.streaming and self.val_ratio:
+            # A share of a stream is unknown until its end: validation comes from its own files.
+            raise ValueError("streaming cannot hold out val_ratio of a stream: set val_files to a validation file, or val_ratio: 0")
         return self
 
 
@@ -238,6 +249,29 @@ class TrainingConfig(Section):
     neftune_noise_alpha: float | None = Field(
         None, gt=0, description="NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden) on the input embeddings while training (5 is usual); null = off"
     )
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list,
+        description="experiment trackers that also receive the metrics (tunebench's own store always does); "
+        "their files go in the run folder; needs pip install 'tunebench[tracking]'",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers_listed(cls, value):
+        if value is None or value == "none":
+            return []
+        return _as_list(value)
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, value):
+        # Here, not at the first logging step: a run must not queue, load a model and then fail.
+        from presets.extras import is_installed, missing_message
+
+        missing = [missing_message(name, f"report_to {name}") for name in dict.fromkeys(value) if not is_installed(name)]
+        if missing:
+            raise ValueError("; ".join(missing))
+        return list(dict.fromkeys(value))
 
     @field_validator("lr")
     @classmethod
@@ -424,8 +458,13 @@ class MergePreset(Section):
     kind: Literal["merge"] = Field("merge", description="preset kind")
     name: str = Field(..., description="preset name")
     description: str = Field("", description="one line shown in preset lists")
-    method: Literal["adapter", "linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties"] = Field(
-        "adapter", description="adapter = fold an adapter into its base; the others merge several fine-tunes of one base"
+    method: Literal["adapter", "linear", "slerp", "task_arithmetic", "ties", "dare_linear", "dare_ties", "mergekit"] = Field(
+        "adapter", description="adapter = fold an adapter into its base; mergekit = run the mergekit configuration in "
+        "mergekit:; the others merge several fine-tunes of one base (run by mergekit too)"
+    )
+    mergekit: dict | None = Field(
+        None, description="method mergekit: a mergekit configuration as mergekit reads it (merge_method, models or "
+        "slices with layer_range, base_model, parameters, dtype); `tunebench merge FILE` accepts such a file as it is"
     )
     run: str | None = Field(None, description="adapter merge: the run whose adapter is merged")
     checkpoint: int | None = Field(None, description="adapter merge: the checkpoint step; None = the final adapter")
@@ -433,7 +472,10 @@ class MergePreset(Section):
     base_model: str | None = Field(None, description="base model (default: the adapter's base)")
     models: list[MergeSource] = Field(default_factory=list, description="models to merge (not for adapter)")
     t: float = Field(0.5, ge=0, le=1, description="slerp: interpolation factor (0 = first model, 1 = second)")
-    normalize: bool = Field(True, description="linear/ties/dare: divide by the sum of weights")
+    normalize: bool | None = Field(
+        None, description="linear/ties/dare: divide by the sum of weights; null = mergekit's default (true for linear "
+        "and ties, false for task_arithmetic and dare)"
+    )
     lambda_: float = Field(1.0, alias="lambda", description="task arithmetic/ties/dare: scale of the merged task vector")
     dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype of the saved model")
     tolerance: float = Field(1e-3, gt=0, description="adapter merge: largest allowed logit difference between merged and adapter model")
@@ -444,6 +486,17 @@ class MergePreset(Section):
 
     @model_validator(mode="after")
     def _sources(self):
+        if (self.method == "mergekit") != (self.mergekit is not None):
+            raise ValueError("mergekit: holds a mergekit configuration and goes with method: mergekit (and only with it)")
+        if self.method != "adapter":
+            # Here, not when the job starts: a merge must not queue and then fail for a missing package.
+            from presets.extras import is_installed, missing_message
+
+            if not is_installed("mergekit"):
+                raise ValueError(missing_message("mergekit", f"method {self.method}"))
+        if self.method == "mergekit":
+            _check_mergekit(self.mergekit)
+            return self
         if self.method == "adapter":
             if self.run is None and self.adapter is None:
                 raise ValueError("an adapter merge needs run or adapter")
@@ -455,6 +508,15 @@ class MergePreset(Section):
         if self.method in ("task_arithmetic", "ties", "dare_linear", "dare_ties") and not self.base_model:
             raise ValueError(f"method {self.method} needs base_model (task vectors are differences from it)")
         return self
+
+
+def _check_mergekit(config: dict):
+    # The outline only: mergekit itself (it imports torch) validates the rest when the job starts.
+    method = config.get("merge_method")
+    if not isinstance(method, str):
+        raise ValueError("mergekit.merge_method: required (e.g. linear, slerp, ties, dare_ties, passthrough)")
+    if not isinstance(config.get("models"), list) and not isinstance(config.get("slices"), list):
+        raise ValueError("mergekit: needs models: (a list of {model: path}) or slices: (each with sources: and layer_range:)")
 
 
 Preset = Annotated[Union[TrainPreset, EvalPreset, MergePreset], Field(discriminator="kind")]

@@ -1,13 +1,15 @@
 """The data pipeline: files in every common format → tokens with assistant-only labels → batches.
 
-    build_datasets(data: DataConfig, tokenizer, *, seed=42) -> DataBundle(train, eval, eval_examples, report)
+    build_datasets(data: DataConfig, tokenizer, *, seed=42, cache_dir=None, num_proc=None, progress=None)
+        -> DataBundle(train, eval, eval_examples, report): memory-mapped Arrow datasets (an
+        IterableDataset for data.streaming), from the prepared-data cache when cache_dir has them
     make_collator(tokenizer, *, packing, max_length) -> callable(list[dict]) -> dict[str, Tensor]
     resolve_chat_template(tokenizer, data) -> str
     prompt_ids(tokenizer, messages, *, chat_template=None) -> list[int]
 
 Modules: loading (files, hub), formats (detection, column/role mapping, normalisation), render
 (chat templates, prefix-derived label masks), collate (padding, packing), report (DataReport),
-build (the pipeline). torch and transformers are imported inside functions only.
+build (the pipeline), cache (keys, entries, the build lock), progress (progress lines). torch and transformers are imported inside functions only.
 """
 
 from engine.data.build import DataBundle, Example, build_datasets, training_samples

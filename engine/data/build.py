@@ -1,23 +1,49 @@
-"""build_datasets: files → normalised samples → validation split → tokens and labels → report."""
+"""build_datasets: files → normalised samples → validation split → tokens and labels → report.
+
+The pass writes Arrow files, never a Python list of the whole set: the normalised samples of each
+source go to a samples file as they are read, a batched `datasets.map` (over several processes for
+large inputs) renders, tokenises, masks and truncates them, and the report is computed from the
+columns of that result. The rows the trainer sees are memory-mapped Arrow datasets. With a cache
+folder (engine.data.cache) the whole result is kept under a key of everything that shapes it, so the
+next run, `tunebench data` or eval of the same data loads it instead of preparing it again.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import random
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+import time
+import weakref
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from engine.data.collate import batch_efficiency
 from engine.data.formats import Sample, detect_format, normalize
-from engine.data.loading import read_source
+from engine.data.loading import iter_source
 from engine.data.render import IGNORE_INDEX, ChatRenderer, _call_text, template_for, tokenize_many
 from engine.data.report import DataReport, LengthStats, RenderedExample, histogram
 from engine.errors import DataError
 from presets.schema import DataConfig
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+
 log = logging.getLogger("tunebench.data")
 REPORT_BATCH_SIZE = 8  # batch size of DataReport's padding / packing efficiency
 _TOKENIZE_CHUNK = 2048  # texts per tokenizer call (batched in Rust)
+MAP_BATCH = 1000  # samples per call of the batched map
+MAX_PROCESSES = 8  # map processes at most (tokenisation saturates memory bandwidth beyond this)
+PARALLEL_MIN_ROWS = 4000  # below this one process is faster than starting a pool
+PROGRESS_STEPS = 50  # the map runs in about this many blocks when progress is reported
+
+# progress(stage, done, total): stage is "tokenising"; done and total count samples.
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -31,11 +57,13 @@ class Example:
 
 @dataclass
 class DataBundle:
-    train: list[dict]  # {"input_ids": list[int], "labels": list[int]}; labels -100 = no loss
-    eval: list[dict] | None
+    train: "Dataset"  # datasets.Dataset of {"input_ids", "labels"} (lists of ints); labels -100 = no loss
+    eval: "Dataset | None"
     eval_examples: list[Example]
     report: DataReport
     chat_template: str | None = None  # the Jinja the conversations were rendered with (None: text format)
+    cache_key: str | None = None  # the cache entry it came from or went to (None: no cache)
+    cache_hit: bool = False
 
 
 @dataclass
@@ -61,17 +89,45 @@ def _count(counter: dict[str, int], reason: str, n: int = 1) -> None:
     counter[reason] = counter.get(reason, 0) + n
 
 
-def _read(files: list[str], data: DataConfig) -> _Split:
-    split = _Split()
+def _iter_samples(files: list[str], data: DataConfig, split: _Split):
+    """Each source's samples, chunk by chunk (a JSON-lines file streams: one chunk of its rows is
+    held at a time); `split` gathers the row counts, drops and formats on the way."""
     for spec in files:
-        raw = read_source(spec, hub_split=data.hub_split)
-        fmt, how = detect_format(raw, data)
-        samples, skipped = normalize(raw, fmt, data)
-        split.rows += len(raw.rows)
-        split.samples += samples
-        split.formats[raw.source] = (fmt, how)
-        for reason, n in skipped.items():
-            _count(split.dropped, reason, n)
+        fmt = None
+        first_row = 1
+        for raw in iter_source(spec, hub_split=data.hub_split):
+            if fmt is None:  # the format (and its columns) from the first chunk, as from the leading rows
+                fmt, how = detect_format(raw, data)
+                split.formats[raw.source] = (fmt, how)
+            samples, skipped = normalize(raw, fmt, data, first_row=first_row)
+            first_row += len(raw.rows)
+            split.rows += len(raw.rows)
+            del raw
+            for reason, n in skipped.items():
+                _count(split.dropped, reason, n)
+            yield samples
+
+
+def _read_each(files: list[str], data: DataConfig, emit: Callable[[list[Sample]], None], *,
+               limit: int | None = None) -> _Split:
+    """Read and normalise every source, handing its samples to `emit` chunk by chunk; the split
+    keeps the counts and formats (its `samples` stay empty). `limit`: stop after that many samples."""
+    split = _Split()
+    emitted = 0
+    for samples in _iter_samples(files, data, split):
+        if limit is not None:
+            samples = samples[: limit - emitted]
+        emit(samples)
+        emitted += len(samples)
+        if limit is not None and emitted >= limit:
+            break
+    return split
+
+
+def _read(files: list[str], data: DataConfig) -> _Split:
+    samples: list[Sample] = []
+    split = _read_each(files, data, samples.extend)
+    split.samples = samples
     return split
 
 
@@ -90,57 +146,67 @@ def _refuse_empty(files: list[str], split: _Split, what: str) -> None:
 
 
 class _Encoder:
+    """Render, tokenise, mask and truncate samples: the one per-row implementation."""
+
     def __init__(self, tokenizer, data: DataConfig, renderer: ChatRenderer | None):
         self.tokenizer = tokenizer
         self.data = data
         self.renderer = renderer
 
-    def encode(self, samples: list[Sample], dropped: dict[str, int]) -> list[_Encoded]:
-        """Tokens and labels of each sample, truncated; samples left without a label are dropped."""
+    def encode_each(self, samples: list[Sample]) -> list[_Encoded | str]:
+        """Per sample, in order: its tokens and labels, or the reason it is dropped."""
         chats = [s for s in samples if s.text is None]
         texts = [s for s in samples if s.text is not None]
-        encoded: dict[int, _Encoded] = {}
+        encoded: dict[int, _Encoded | str] = {}
         if chats:
-            for sample, item in zip(chats, self._encode_chats(chats, dropped)):
-                if item is not None:
-                    encoded[id(sample)] = item
+            for sample, item in zip(chats, self._encode_chats(chats)):
+                encoded[id(sample)] = item
         if texts:
             for sample, item in zip(texts, self._encode_texts(texts)):
                 encoded[id(sample)] = item
-        out = []
+        out: list[_Encoded | str] = []
+        limit = self.data.max_length
         for sample in samples:
-            item = encoded.get(id(sample))
-            if item is None:
+            item = encoded[id(sample)]
+            if isinstance(item, str):
+                out.append(item)
                 continue
-            limit = self.data.max_length
             item.input_ids, item.labels = item.input_ids[:limit], item.labels[:limit]
             # The first label is never predicted (nothing comes before it), so it does not count.
-            if not any(label != IGNORE_INDEX for label in item.labels[1:]):
-                reason = ("no supervised token left after truncation to max_length"
-                          if item.raw_length > limit else "no supervised tokens")
-                _count(dropped, reason)
+            if item.labels[1:].count(IGNORE_INDEX) == len(item.labels) - 1:  # no label but the first (list.count runs in C)
+                out.append("no supervised token left after truncation to max_length"
+                           if item.raw_length > limit else "no supervised tokens")
                 continue
             out.append(item)
         return out
 
-    def _encode_chats(self, samples: list[Sample], dropped: dict[str, int]) -> list[_Encoded | None]:
+    def encode(self, samples: list[Sample], dropped: dict[str, int]) -> list[_Encoded]:
+        """The kept samples; the others are counted in `dropped` by reason."""
+        out = []
+        for item in self.encode_each(samples):
+            if isinstance(item, str):
+                _count(dropped, item)
+            else:
+                out.append(item)
+        return out
+
+    def _encode_chats(self, samples: list[Sample]) -> list[_Encoded | str]:
         renderer = self.renderer
-        layouts = []
+        layouts: list = []
         for sample in samples:
             try:
                 prepared, tools = renderer.prepare(sample.messages, sample.tools)
                 layouts.append(renderer.segments(prepared, tools))
             except Exception as exc:  # jinja errors and templates' raise_exception()
                 message = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
-                _count(dropped, f"chat template error: {message}")
-                layouts.append(None)
-        pieces = [text for layout in layouts if layout for text, _ in layout[0]]
+                layouts.append(f"chat template error: {message}")
+        pieces = [text for layout in layouts if not isinstance(layout, str) for text, _ in layout[0]]
         tokens = self._tokenize(pieces)
-        out: list[_Encoded | None] = []
+        out: list[_Encoded | str] = []
         cursor = 0
         for sample, layout in zip(samples, layouts):
-            if layout is None:
-                out.append(None)
+            if isinstance(layout, str):
+                out.append(layout)
                 continue
             parts, exact = layout
             token_lists = tokens[cursor : cursor + len(parts)]
@@ -172,26 +238,26 @@ class _Encoder:
         return out
 
 
-def _split_validation(samples: list[Sample], ratio: float, seed: int, files: list[str]) -> tuple[list[Sample], list[Sample]]:
-    if len(samples) < 2:
+def _split_indices(count: int, ratio: float, seed: int, files: list[str]) -> tuple[list[int], list[int]]:
+    """(training, validation) positions of `count` samples, the validation ones drawn with `seed`."""
+    if count < 2:
         raise DataError(
-            f"{', '.join(files)}: data.val_ratio needs at least 2 usable rows, there are {len(samples)}",
+            f"{', '.join(files)}: data.val_ratio needs at least 2 usable rows, there are {count}",
             "add rows, or set data.val_ratio: 0",
         )
-    held_out = min(len(samples) - 1, max(1, round(len(samples) * ratio)))
-    order = list(range(len(samples)))
+    held_out = min(count - 1, max(1, round(count * ratio)))
+    order = list(range(count))
     random.Random(seed).shuffle(order)
     val_index = set(order[:held_out])
-    train = [s for i, s in enumerate(samples) if i not in val_index]
-    val = [s for i, s in enumerate(samples) if i in val_index]
-    return train, val
+    return [i for i in range(count) if i not in val_index], sorted(val_index)
 
 
 def training_samples(data: DataConfig) -> list[Sample]:
     """The rows that train (after the validation split), as conversations; no tokenizer needed."""
     samples = _read(data.train_files, data).samples
     if data.val_ratio > 0 and not data.val_files:
-        samples, _ = _split_validation(samples, data.val_ratio, data.shuffle_seed, data.train_files)
+        train_index, _ = _split_indices(len(samples), data.val_ratio, data.shuffle_seed, data.train_files)
+        samples = [samples[i] for i in train_index]
     return samples if data.max_samples is None else samples[: data.max_samples]
 
 
@@ -226,41 +292,342 @@ def _describe_formats(formats: dict[str, tuple[str, str]]) -> tuple[str, str]:
     return fmt, "; ".join(f"{Path(s).name}: {how}" for s, (_, how) in formats.items())
 
 
-def build_datasets(data: DataConfig, tokenizer, *, seed: int = 42) -> DataBundle:
+# --------------------------------------------------------------------------- Arrow columns
+
+
+def _sample_features():
+    from datasets import Features, Value
+
+    return Features({"where": Value("string"), "messages": Value("string"), "tools": Value("string"), "text": Value("string")})
+
+
+def _encoded_features():
+    from datasets import Features, List, Value
+
+    return Features({
+        "input_ids": List(Value("int32")), "labels": List(Value("int32")), "raw_length": Value("int32"),
+        "supervised": Value("int32"), "closed": Value("int8"), "eot_id": Value("int64"), "exact": Value("bool"),
+        "drop": Value("string"), "key": Value("int64"), "where": Value("string"),
+    })
+
+
+def _sample_row(sample: Sample) -> dict:
+    if sample.text is not None:
+        return {"where": sample.where, "messages": "", "tools": "", "text": sample.text}
+    return {"where": sample.where, "messages": json.dumps(sample.messages, ensure_ascii=False),
+            "tools": json.dumps(sample.tools, ensure_ascii=False) if sample.tools is not None else "", "text": None}
+
+
+def _sample_of(where: str, messages: str, tools: str, text: str | None) -> Sample:
+    if text is not None:
+        return Sample(where, text=text)
+    return Sample(where, messages=json.loads(messages), tools=json.loads(tools) if tools else None)
+
+
+def _key_hash(sample: Sample) -> int:
+    """A 63-bit hash of the sample's content, for duplicate and overlap counts in numpy."""
+    return int.from_bytes(hashlib.blake2b(sample.key().encode(), digest_size=8).digest(), "little") >> 1
+
+
+class _SampleWriter:
+    """Appends normalised samples to an Arrow file as they are read."""
+
+    def __init__(self, path: Path):
+        from datasets.arrow_writer import ArrowWriter
+
+        self.path = path
+        self.writer = ArrowWriter(features=_sample_features(), path=str(path), writer_batch_size=MAP_BATCH)
+        self.count = 0
+
+    def __call__(self, samples: list[Sample]) -> None:
+        for start in range(0, len(samples), MAP_BATCH):
+            rows = [_sample_row(s) for s in samples[start : start + MAP_BATCH]]
+            self.writer.write_batch({name: [r[name] for r in rows] for name in ("where", "messages", "tools", "text")})
+        self.count += len(samples)
+
+    def close(self):
+        from datasets import Dataset
+
+        self.writer.finalize()
+        self.writer.close()
+        return Dataset.from_file(str(self.path))
+
+
+class _BatchEncoder:
+    """The batched map's function: samples → tokens, labels and the per-row facts the report needs.
+    The renderer is made in the process that runs it (it does not travel to the map's workers)."""
+
+    def __init__(self, tokenizer, data: DataConfig, template: str | None):
+        self.tokenizer, self.data, self.template = tokenizer, data, template
+        self._encoder: _Encoder | None = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_encoder": None}
+
+    def __call__(self, batch: dict) -> dict:
+        if self._encoder is None:
+            renderer = ChatRenderer(self.tokenizer, self.template) if self.template else None
+            self._encoder = _Encoder(self.tokenizer, self.data, renderer)
+        samples = [_sample_of(*row) for row in zip(batch["where"], batch["messages"], batch["tools"], batch["text"])]
+        out: dict[str, list] = {name: [] for name in _encoded_features()}
+        for sample, item in zip(samples, self._encoder.encode_each(samples)):
+            out["where"].append(sample.where)
+            out["key"].append(_key_hash(sample))
+            if isinstance(item, str):
+                for name, empty in (("input_ids", []), ("labels", []), ("raw_length", 0), ("supervised", 0),
+                                    ("closed", -1), ("eot_id", -1), ("exact", True)):
+                    out[name].append(empty)
+                out["drop"].append(item)
+                continue
+            out["input_ids"].append(item.input_ids)
+            out["labels"].append(item.labels)
+            out["raw_length"].append(item.raw_length)
+            out["supervised"].append(len(item.labels) - 1 - item.labels[1:].count(IGNORE_INDEX))  # list.count runs in C
+            out["closed"].append(-1 if item.closed is None else int(item.closed))
+            out["eot_id"].append(-1 if item.eot_id is None else item.eot_id)
+            out["exact"].append(item.exact)
+            out["drop"].append("")
+        return out
+
+
+def default_processes(rows: int) -> int:
+    """Map processes: the machine's cores, capped; one for small inputs."""
+    if rows < PARALLEL_MIN_ROWS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, MAX_PROCESSES, rows // (PARALLEL_MIN_ROWS // 2)))
+
+
+def _encode_dataset(samples, encoder: _BatchEncoder, build: Path, name: str, num_proc: int | None,
+                    progress: Progress | None):
+    """The batched map over `samples`, in blocks when progress is reported."""
+    from datasets import concatenate_datasets
+
+    total = len(samples)
+    procs = default_processes(total) if num_proc is None else max(1, num_proc)
+    if procs > 1:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked workers; the map is the parallelism
+    block = total if progress is None else max(MAP_BATCH * procs, -(-total // PROGRESS_STEPS))
+    parts = []
+    environ = os.environ  # datasets' process pool leaves a copy in os.environ: later setenv would miss Rich & co
+    for index, start in enumerate(range(0, total, max(block, 1))):
+        part = samples.select(range(start, min(total, start + block))) if block < total else samples
+        parts.append(part.map(
+            encoder, batched=True, batch_size=MAP_BATCH, num_proc=min(procs, len(part)) if procs > 1 else None,
+            remove_columns=part.column_names, features=_encoded_features(),
+            cache_file_name=str(build / f"{name}-{index}.arrow"), load_from_cache_file=False,
+            new_fingerprint=f"{name}-{index}-{time.time_ns()}", desc=None,
+        ))
+        if os.environ is not environ:
+            os.environ = environ
+        if progress is not None:
+            progress("tokenising", min(total, start + block), total)
+    if not parts:
+        return samples.map(encoder, batched=True, remove_columns=samples.column_names, features=_encoded_features(),
+                           keep_in_memory=True)
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+def build_datasets(data: DataConfig, tokenizer, *, seed: int = 42, cache_dir: str | Path | None = None,
+                   num_proc: int | None = None, progress: Progress | None = None) -> DataBundle:
     """Read, normalise, split, render, tokenize, mask and truncate; report on all of it.
 
     The validation split (data.val_ratio) is drawn with data.shuffle_seed; `seed` orders the
     training samples (the trainer reshuffles every epoch; this keeps packing and the report
     reproducible). Raises DataError naming the file, line or key for bad input.
+
+    `cache_dir`: the prepared-data cache (engine.data.cache). A hit loads the rows and the report
+    without reading the files; a miss prepares them under a lock, so concurrent callers (the ranks of
+    a distributed run) prepare once and the others load the result. None: prepare into a temporary
+    folder removed with the bundle. `num_proc`: map processes (default: the cores, capped; one for
+    small inputs). `progress(stage, done, total)` is called as the samples are tokenised.
     """
+    from datasets import disable_progress_bars
+
+    from engine.data import cache
+
+    disable_progress_bars()  # progress goes through `progress`, not tqdm bars on stderr
+    if data.streaming:
+        return _streaming(data, tokenizer, seed, cache_dir, num_proc, progress)
+    if cache_dir is None:
+        build = Path(tempfile.mkdtemp(prefix="tunebench-data-"))
+        _prepare(data, tokenizer, seed, build, num_proc, progress)
+        bundle = _load(build, data)  # the rows memory-mapped from the files just written
+        weakref.finalize(bundle, shutil.rmtree, build, True)
+        return bundle
+    cache_dir = Path(cache_dir)
+    fingerprints = cache.Fingerprints(cache_dir)
+    key = cache.cache_key(data, tokenizer, seed=seed, fingerprints=fingerprints)
+    entry = cache.entry_dir(cache_dir, key.key)
+    if not cache.is_complete(entry):
+        with cache.build_lock(cache_dir, key.key):
+            if not cache.is_complete(entry):  # another process may have built it while this one waited
+                build = cache.new_build_dir(cache_dir, key.key)
+                try:
+                    meta = {"summary": key.summary, **_prepare(data, tokenizer, seed, build, num_proc, progress),
+                            "created": time.time()}
+                    (build / "meta.json").write_text(json.dumps(meta, indent=1))
+                    fingerprints.save()
+                    cache.publish(build, entry)
+                finally:
+                    shutil.rmtree(build, ignore_errors=True)
+                bundle = _load(entry, data)
+                bundle.cache_key = key.key
+                cache.touch(entry)
+                return bundle
+    bundle = _load(entry, data)
+    bundle.cache_key, bundle.cache_hit = key.key, True
+    fingerprints.save()
+    cache.touch(entry)
+    return bundle
+
+
+PACK_CHUNK = 2000  # packed rows assembled per Arrow batch
+
+
+def pack_dataset(train, max_length: int, path: Path):
+    """The whole training set packed best-fit-decreasing into rows of at most max_length tokens
+    (input_ids, labels, position_ids), written to `path` in batches and memory-mapped back."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Dataset, Features, List, Value
+    from datasets.arrow_writer import ArrowWriter
+
+    from engine.data.collate import pack_rows, plan_packs_bfd
+
+    table = train.with_format("arrow")[:]
+    lengths = pc.list_value_length(table["input_ids"]).to_pylist()
+    packs = plan_packs_bfd(lengths, max_length)
+    features = Features({name: List(Value("int32")) for name in ("input_ids", "labels", "position_ids")})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with ArrowWriter(features=features, path=str(tmp), writer_batch_size=PACK_CHUNK) as writer:
+        for start in range(0, len(packs), PACK_CHUNK):
+            chunk = packs[start : start + PACK_CHUNK]
+            taken = table.take(pa.array([i for pack in chunk for i in pack], type=pa.int64())).to_pydict()
+            cursor, batch = 0, {"input_ids": [], "labels": [], "position_ids": []}
+            for pack in chunk:
+                ids, labels, positions = pack_rows([(taken["input_ids"][cursor + k][:max_length], taken["labels"][cursor + k][:max_length])
+                                                    for k in range(len(pack))])
+                cursor += len(pack)
+                batch["input_ids"].append(ids)
+                batch["labels"].append(labels)
+                batch["position_ids"].append(positions)
+            writer.write_batch(batch)
+        writer.finalize()
+    os.replace(tmp, path)  # ranks packing at once each write their own file; the last rename wins, all equal
+    return Dataset.from_file(str(path))
+
+
+def _load(folder: Path, data: DataConfig) -> DataBundle:
+    from datasets import Dataset
+
+    saved = json.loads((folder / "report.json").read_text())
+    report = DataReport.from_dict(saved["report"])
+    report.packing = data.packing  # not part of the key: it acts in the collator
+    rows = Dataset.from_file(str(folder / "train.arrow"))
+    if data.packing and data.packing_strategy == "dataset":
+        packed = folder / "train-packed.arrow"  # max_length is in the key: one packing per entry
+        train = Dataset.from_file(str(packed)) if packed.exists() else pack_dataset(rows, data.max_length, packed)
+    else:
+        train = rows.select(json.loads((folder / "train-order.json").read_text()))
+    evaluation = Dataset.from_file(str(folder / "eval.arrow")) if (folder / "eval.arrow").exists() else None
+    examples = [Example(**e) for e in saved["eval_examples"]]
+    return DataBundle(train, evaluation, examples, report, saved["chat_template"])
+
+
+STREAM_REPORT_ROWS = 2000  # data.streaming: the report is computed on this many leading samples
+
+
+def _streaming(data: DataConfig, tokenizer, seed: int, cache_dir, num_proc, progress) -> DataBundle:
+    """data.streaming: the report (and the validation rows, from data.val_files) prepared from the
+    first STREAM_REPORT_ROWS samples; the training rows an IterableDataset that reads, renders and
+    tokenises the files while the trainer consumes them."""
+    from datasets import IterableDataset
+
+    sample = data.model_copy(update={"streaming": False, "packing": False})
+    if cache_dir is None:
+        build = Path(tempfile.mkdtemp(prefix="tunebench-data-"))
+        _prepare(sample, tokenizer, seed, build, num_proc, progress, sample_rows=STREAM_REPORT_ROWS)
+        bundle = _load(build, sample)
+        weakref.finalize(bundle, shutil.rmtree, build, True)
+    else:  # the sample is cached like any preparation, under a key of its own
+        from engine.data import cache
+
+        key = cache.cache_key(sample, tokenizer, seed=seed).key + f"-sample{STREAM_REPORT_ROWS}"
+        entry = cache.entry_dir(Path(cache_dir), key)
+        with cache.build_lock(Path(cache_dir), key):
+            if not cache.is_complete(entry):
+                build = cache.new_build_dir(Path(cache_dir), key)
+                try:
+                    meta = _prepare(sample, tokenizer, seed, build, num_proc, progress, sample_rows=STREAM_REPORT_ROWS)
+                    summary = {"files": list(data.train_files), "val_files": list(data.val_files), "streaming sample": True,
+                               "tokenizer": getattr(tokenizer, "name_or_path", ""), "max_length": data.max_length}
+                    (build / "meta.json").write_text(json.dumps({"summary": summary, **meta, "created": time.time()}))
+                    cache.publish(build, entry)
+                finally:
+                    shutil.rmtree(build, ignore_errors=True)
+        bundle = _load(entry, sample)
+    bundle.report.packing = data.packing
+    bundle.train = IterableDataset.from_generator(
+        _stream_rows, gen_kwargs={"data": data, "tokenizer": tokenizer, "template": bundle.chat_template})
+    return bundle
+
+
+def _stream_rows(data: DataConfig, tokenizer, template: str | None):
+    """Every kept training sample's input_ids and labels, in file order, as the files are read."""
+    encoder = _Encoder(tokenizer, data, ChatRenderer(tokenizer, template) if template else None)
+    left = data.max_samples
+    for samples in _iter_samples(data.train_files, data, _Split()):
+        if left is not None:  # data.max_samples counts samples before encoding, as when prepared
+            samples, left = samples[:left], left - min(left, len(samples))
+        for start in range(0, len(samples), MAP_BATCH):
+            for item in encoder.encode_each(samples[start : start + MAP_BATCH]):
+                if not isinstance(item, str):
+                    yield {"input_ids": item.input_ids, "labels": item.labels}
+        if left == 0:
+            return
+
+
+def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int | None,
+             progress: Progress | None, *, sample_rows: int | None = None) -> dict:
+    """The whole pass, written to `build`: train.arrow, eval.arrow and report.json; the row counts.
+    `sample_rows`: read only that many leading training samples (the report then says so)."""
     report = DataReport(files=list(data.train_files), val_files=list(data.val_files), max_length=data.max_length,
                         packing=data.packing, assistant_only_loss=data.assistant_only_loss,
                         efficiency_batch_size=REPORT_BATCH_SIZE)
-    train_split = _read(data.train_files, data)
+    writer = _SampleWriter(build / "samples.arrow")
+    train_split = _read_each(data.train_files, data, writer, limit=sample_rows)
+    samples = writer.close()
     report.rows_read = train_split.rows
+    if sample_rows is not None:
+        report.sampled = len(samples)
     report.format, report.format_detection = _describe_formats(train_split.formats)
     report.dropped = dict(train_split.dropped)
-    if not train_split.samples:
+    if not len(samples):
         _refuse_empty(data.train_files, train_split, "training")
 
-    val_samples: list[Sample] = []
     if data.val_files:
-        val_split = _read(data.val_files, data)
+        val_writer = _SampleWriter(build / "val-samples.arrow")
+        val_split = _read_each(data.val_files, data, val_writer)
+        val_samples = val_writer.close()
         report.val_rows_read = val_split.rows
         report.val_dropped = dict(val_split.dropped)
-        if not val_split.samples:
+        if not len(val_samples):
             _refuse_empty(data.val_files, val_split, "validation")
-        train_samples, val_samples = train_split.samples, val_split.samples
+        train_samples = samples
     elif data.val_ratio > 0:
-        train_samples, val_samples = _split_validation(train_split.samples, data.val_ratio, data.shuffle_seed, data.train_files)
+        train_index, val_index = _split_indices(len(samples), data.val_ratio, data.shuffle_seed, data.train_files)
+        train_samples, val_samples = samples.select(train_index), samples.select(val_index)
     else:
-        train_samples = train_split.samples
+        train_samples, val_samples = samples, None
     if data.max_samples is not None and len(train_samples) > data.max_samples:
         report.limited = len(train_samples) - data.max_samples
-        train_samples = train_samples[: data.max_samples]
+        train_samples = train_samples.select(range(data.max_samples))
 
-    needs_template = any(s.text is None for s in train_samples + val_samples)
-    renderer = None
+    needs_template = _has_chats(train_samples) or (val_samples is not None and _has_chats(val_samples))
+    template = None
     report.chat_template = "none (text format)"
     if needs_template:
         resolved = template_for(tokenizer, data.chat_template)
@@ -268,63 +635,135 @@ def build_datasets(data: DataConfig, tokenizer, *, seed: int = 42) -> DataBundle
         if resolved.warning:
             log.warning(resolved.warning)
             report.warnings.append(resolved.warning)
-        renderer = ChatRenderer(tokenizer, resolved.text)
+        template = resolved.text
 
-    encoder = _Encoder(tokenizer, data, renderer)
-    train_dropped: dict[str, int] = {}
-    train = encoder.encode(train_samples, train_dropped)
-    for reason, n in train_dropped.items():
-        _count(report.dropped, reason, n)
-    if not train:
-        split = _Split(samples=[], dropped=report.dropped, rows=train_split.rows)
+    encoder = _BatchEncoder(tokenizer, data, template)
+    encoded = _encode_dataset(train_samples, encoder, build, "train-encoded", num_proc, progress)
+    columns = _columns(encoded)
+    kept = [i for i, reason in enumerate(columns["drop"]) if not reason]
+    for reason in columns["drop"]:
+        if reason:
+            _count(report.dropped, reason)
+    if not kept:
         if any("truncation" in reason for reason in report.dropped):
             raise DataError(
                 f"{', '.join(data.train_files)}: every sample lost its answer to truncation at max_length {data.max_length}",
                 "raise data.max_length or shorten the prompts",
             )
-        _refuse_empty(data.train_files, split, "training")
-    val = encoder.encode(val_samples, report.val_dropped) if val_samples else []
+        _refuse_empty(data.train_files, _Split(samples=[], dropped=report.dropped, rows=train_split.rows), "training")
 
-    _fill_stats(report, tokenizer, train, val, data)
-    order = list(range(len(train)))
+    val_kept: list[int] = []
+    val_columns = None
+    val_encoded = None
+    if val_samples is not None:
+        val_encoded = _encode_dataset(val_samples, encoder, build, "eval-encoded", num_proc, None)
+        val_columns = _columns(val_encoded)
+        val_kept = [i for i, reason in enumerate(val_columns["drop"]) if not reason]
+        for reason in val_columns["drop"]:
+            if reason:
+                _count(report.val_dropped, reason)
+
+    _fill_stats(report, tokenizer, encoded, columns, kept, val_columns, val_kept, data)
+    order = list(range(len(kept)))
     random.Random(seed).shuffle(order)
-    train_rows = [{"input_ids": train[i].input_ids, "labels": train[i].labels} for i in order]
-    lengths = [len(row["input_ids"]) for row in train_rows]
+    train_rows = [kept[i] for i in order]
+    lengths = [min(columns["raw_length"][i], data.max_length) for i in train_rows]
     report.padding_efficiency = batch_efficiency(lengths, batch_size=REPORT_BATCH_SIZE, max_length=data.max_length, packing=False)
     report.packing_efficiency = batch_efficiency(lengths, batch_size=REPORT_BATCH_SIZE, max_length=data.max_length, packing=True)
 
-    eval_rows = [{"input_ids": v.input_ids, "labels": v.labels} for v in val] if val_samples else None
-    examples = [e for e in (_eval_example(renderer, v.sample) for v in val if v.sample.text is None) if e] if renderer else []
-    return DataBundle(train_rows, eval_rows, examples, report, renderer.template if renderer else None)
+    # The rows go to disk in file order; the seed's order is kept beside them as an index mapping.
+    _write_rows(encoded, kept, build / "train.arrow")
+    (build / "train-order.json").write_text(json.dumps(order))
+    examples: list[Example] = []
+    if val_encoded is not None:
+        _write_rows(val_encoded, val_kept, build / "eval.arrow")
+        if template:
+            renderer = ChatRenderer(tokenizer, template)
+            for row in val_samples.select(val_kept):
+                sample = _sample_of(row["where"], row["messages"], row["tools"], row["text"])
+                if sample.text is None:
+                    example = _eval_example(renderer, sample)
+                    if example:
+                        examples.append(example)
+    saved = {"report": report.to_dict(), "eval_examples": [asdict(e) for e in examples], "chat_template": template}
+    (build / "report.json").write_text(json.dumps(saved, ensure_ascii=False))
+    for leftover in build.glob("*-encoded-*.arrow"):  # the rows live on in train.arrow / eval.arrow
+        leftover.unlink()
+    for leftover in build.glob("*samples.arrow"):
+        leftover.unlink()
+    return {"rows": len(train_rows), "eval_rows": len(val_kept)}
 
 
-def _fill_stats(report: DataReport, tokenizer, train: list[_Encoded], val: list[_Encoded], data: DataConfig) -> None:
-    report.train_samples = len(train)
-    report.eval_samples = len(val)
-    raw_lengths = [t.raw_length for t in train]
+def _has_chats(samples) -> bool:
+    import pyarrow.compute as pc
+
+    return bool(pc.any(pc.is_null(samples.with_format("arrow")["text"])).as_py()) if len(samples) else False
+
+
+def _columns(encoded) -> dict[str, list]:
+    """The per-row facts of an encoded dataset (not the tokens), as lists."""
+    table = encoded.with_format("arrow")
+    return {name: table[name].to_pylist() for name in ("raw_length", "supervised", "closed", "eot_id", "exact", "drop", "key")}
+
+
+def _write_rows(encoded, rows: list[int], path: Path) -> None:
+    """input_ids and labels of `rows` (ascending positions) as one Arrow file. The map's files are
+    read batch by batch with plain reads, not memory-mapped: a pass over every token must not leave
+    the whole set resident in this process."""
+    import numpy as np
+    import pyarrow as pa
+
+    keep = np.zeros(len(encoded), dtype=bool)
+    keep[rows] = True
+    offset = 0
+    with pa.OSFile(str(path), "wb") as sink:
+        writer = None
+        for cache_file in encoded.cache_files:  # in row order: the map's shards, block by block
+            with pa.OSFile(cache_file["filename"], "rb") as source:
+                for batch in pa.ipc.open_stream(source):
+                    mask = keep[offset : offset + batch.num_rows]
+                    offset += batch.num_rows
+                    table = pa.Table.from_batches([batch]).select(["input_ids", "labels"]).filter(pa.array(mask))
+                    if writer is None:
+                        writer = pa.ipc.new_stream(sink, table.schema)
+                    writer.write_table(table)
+        if writer is None:  # no row at all: an empty file with the schema
+            schema = encoded.features.arrow_schema
+            writer = pa.ipc.new_stream(sink, pa.schema([schema.field("input_ids"), schema.field("labels")]))
+        writer.close()
+    if offset != len(encoded):
+        raise RuntimeError(f"{path.name}: read {offset} rows of {len(encoded)} from the map's files")
+
+
+def _fill_stats(report: DataReport, tokenizer, encoded, columns: dict, kept: list[int], val_columns: dict | None,
+                val_kept: list[int], data: DataConfig) -> None:
+    report.train_samples = len(kept)
+    report.eval_samples = len(val_kept)
+    raw_lengths = [columns["raw_length"][i] for i in kept]
     report.length = LengthStats.of(raw_lengths)
     report.histogram = histogram(raw_lengths)
-    tokenized = len(train) + sum(n for reason, n in report.dropped.items() if "truncation" in reason)
-    report.truncated = sum(1 for n in raw_lengths if n > data.max_length) + sum(
-        n for reason, n in report.dropped.items() if "truncation" in reason)
+    truncation_drops = sum(n for reason, n in report.dropped.items() if "truncation" in reason)
+    tokenized = len(kept) + truncation_drops
+    report.truncated = sum(1 for n in raw_lengths if n > data.max_length) + truncation_drops
     report.truncated_share = report.truncated / tokenized if tokenized else 0.0
-    report.total_tokens = sum(len(t.input_ids) for t in train)
-    report.supervised_tokens = sum(sum(1 for label in t.labels[1:] if label != IGNORE_INDEX) for t in train)
+    report.total_tokens = sum(min(n, data.max_length) for n in raw_lengths)
+    report.supervised_tokens = sum(columns["supervised"][i] for i in kept)
     report.supervised_share = report.supervised_tokens / report.total_tokens if report.total_tokens else 0.0
-    keys: set[str] = set()
-    for item in train:
-        key = item.sample.key()
+    keys: set[int] = set()
+    for i in kept:
+        key = columns["key"][i]
         report.duplicates += key in keys
         keys.add(key)
-    report.train_val_overlap = sum(1 for v in val if v.sample.key() in keys)
-    chats = [t for t in train if t.closed is not None]
+    if val_columns is not None:
+        report.train_val_overlap = sum(1 for i in val_kept if val_columns["key"][i] in keys)
+    chats = [i for i in kept if columns["closed"][i] != -1]
     if chats:
-        report.template_has_eos_after_assistant = all(t.closed for t in chats)
-        eot = next((t.eot_id for t in chats if t.eot_id is not None), None)
+        report.template_has_eos_after_assistant = all(columns["closed"][i] == 1 for i in chats)
+        eot = next((columns["eot_id"][i] for i in chats if columns["eot_id"][i] != -1), None)
         report.end_of_turn_token = tokenizer.convert_ids_to_tokens(eot) if eot is not None else None
-        report.inexact_masks = sum(1 for t in chats if not t.exact)
+        report.inexact_masks = sum(1 for i in chats if not columns["exact"][i])
         if not report.template_has_eos_after_assistant:
-            open_count = sum(1 for t in chats if not t.closed)
+            open_count = sum(1 for i in chats if columns["closed"][i] == 0)
             report.warnings.append(
                 f"{open_count} of {len(chats)} samples have an answer that no end-of-turn token closes: the model "
                 "will not learn to stop. Use a template that ends answers with the eos token (data.chat_template)."
@@ -336,4 +775,6 @@ def _fill_stats(report: DataReport, tokenizer, train: list[_Encoded], val: list[
             )
     if report.duplicates:
         log.info("%d duplicate training samples", report.duplicates)
-    report.example = _example(tokenizer, train[0], data.max_length) if train else None
+    first = encoded[kept[0]]
+    item = _Encoded(Sample(first["where"]), first["input_ids"], first["labels"], first["raw_length"], None, None, True)
+    report.example = _example(tokenizer, item, data.max_length)

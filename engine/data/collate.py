@@ -37,6 +37,49 @@ def plan_packs(lengths: list[int], max_length: int) -> list[list[int]]:
     return rows
 
 
+def plan_packs_bfd(lengths, max_length: int) -> list[list[int]]:
+    """Indices of samples grouped into rows of at most max_length tokens, best-fit decreasing (as TRL's
+    `bfd`): each sample, longest first, goes to the row it fills most tightly. Rows are looked up by
+    their free room (at most max_length distinct values), so a million samples pack in seconds."""
+    import bisect
+
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    rows: list[list[int]] = []
+    rooms: list[int] = []  # distinct free room of the open rows, sorted
+    by_room: dict[int, list[int]] = {}  # free room → rows with that room
+    for index in order:
+        size = min(lengths[index], max_length)
+        at = bisect.bisect_left(rooms, size)
+        if at < len(rooms):
+            room = rooms[at]
+            row = by_room[room].pop()
+            if not by_room[room]:
+                rooms.pop(at)
+            rows[row].append(index)
+        else:
+            room, row = max_length, len(rows)
+            rows.append([index])
+        left = room - size
+        if left > 0:
+            if not by_room.get(left):
+                bisect.insort(rooms, left)
+                by_room[left] = []
+            by_room[left].append(row)
+    return rows
+
+
+def pack_rows(samples: list[tuple[list[int], list[int]]]) -> tuple[list[int], list[int], list[int]]:
+    """One packed row from (input_ids, labels) samples: the tokens end to end, each sample's first
+    label -100 (see the module doc), position ids restarting at 0 for every sample."""
+    ids, labels, positions = [], [], []
+    for sample_ids, sample_labels in samples:
+        ids.extend(sample_ids)
+        labels.append(IGNORE_INDEX)
+        labels.extend(sample_labels[1:])
+        positions.extend(range(len(sample_ids)))
+    return ids, labels, positions
+
+
 def batch_efficiency(lengths: list[int], *, batch_size: int, max_length: int, packing: bool) -> float:
     """Useful tokens / token slots over consecutive batches of `batch_size` samples, as the collator
     lays them out (padded to the longest sample, or packed rows padded to the longest row)."""
@@ -93,18 +136,12 @@ class PackingCollator:
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        samples = [(f["input_ids"][: self.max_length], f["labels"][: self.max_length]) for f in features]
-        packs = plan_packs([len(ids) for ids, _ in samples], self.max_length)
-        rows = []
-        for pack in packs:
-            ids, labels, positions = [], [], []
-            for index in pack:
-                sample_ids, sample_labels = samples[index]
-                ids.extend(sample_ids)
-                labels.append(IGNORE_INDEX)
-                labels.extend(sample_labels[1:])
-                positions.extend(range(len(sample_ids)))
-            rows.append((ids, labels, positions))
+        if "position_ids" in features[0]:  # rows packed ahead (data.packing_strategy: dataset)
+            rows = [(f["input_ids"], f["labels"], f["position_ids"]) for f in features]
+        else:
+            samples = [(f["input_ids"][: self.max_length], f["labels"][: self.max_length]) for f in features]
+            packs = plan_packs([len(ids) for ids, _ in samples], self.max_length)
+            rows = [pack_rows([samples[index] for index in pack]) for pack in packs]
         width = max(len(ids) for ids, _, _ in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

@@ -212,7 +212,7 @@ def _closest_column(column: str, key: str, names: set[str], data: DataConfig) ->
 # --------------------------------------------------------------------------- normalisation
 
 
-def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], dict[str, int]]:
+def normalize(raw: RawRows, fmt: str, data: DataConfig, *, first_row: int = 1) -> tuple[list[Sample], dict[str, int]]:
     """Usable samples in file order, and the count of skipped rows by reason.
 
     A row skipped because it is shaped as another format (or keeps its turns in another column)
@@ -224,7 +224,8 @@ def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], d
     foreign: dict[tuple[str, str], _Shaped] = {}  # (format, shape label) -> rows of that shape
     turns = turns_column(raw, data.columns) if row_format.turns is not None else None
     roles = _role_map(data.tags)
-    for number, (row, where) in enumerate(zip(raw.rows, raw.where), start=1):
+    # first_row: the number of raw's first row in its file (a chunk of a streamed file starts later).
+    for number, (row, where) in enumerate(zip(raw.rows, raw.where), start=first_row):
         try:
             sample = row_format.normalise(row, where, data, fmt=fmt, turns=turns, roles=roles)
             if row_format.chat:
@@ -238,7 +239,7 @@ def normalize(raw: RawRows, fmt: str, data: DataConfig) -> tuple[list[Sample], d
             continue
         samples.append(sample)
     if foreign:
-        raise _mixed_formats(raw, fmt, data, turns, foreign)
+        raise _mixed_formats(raw, fmt, data, turns, foreign, first_row)
     return samples, skipped
 
 
@@ -329,15 +330,15 @@ def _place(where: str, source: str) -> str:
 
 
 def _mixed_formats(raw: RawRows, fmt: str, data: DataConfig, turns: str | None,
-                   foreign: dict[tuple[str, str], _Shaped]) -> DataError:
+                   foreign: dict[tuple[str, str], _Shaped], first_row: int = 1) -> DataError:
     # The error path only: a second pass over the row numbers is fine here.
     taken = {number for shaped in foreign.values() for number in shaped.numbers}
-    own = [number for number in range(1, len(raw.rows) + 1) if number not in taken]
+    own = [number for number in range(first_row, first_row + len(raw.rows)) if number not in taken]
     own_part = f"{_span(own)} {fmt} ({_shape_label(fmt, data, turns)})" if own else f"no row is {fmt}"
     other_parts = [f"{_span(shaped.numbers)} {name} ({label})" for (name, label), shaped in foreign.items()]
     # A format met in two shapes (turns in two columns) is named with its shape.
     named = [name for name, _ in foreign] + [fmt]
-    firsts = [f"the first {fmt} row is {_place(raw.where[own[0] - 1], raw.source)}"] if own else []
+    firsts = [f"the first {fmt} row is {_place(raw.where[own[0] - first_row], raw.source)}"] if own else []
     firsts += [f"the first {name if named.count(name) == 1 else f'{name} ({label})'} row is "
                f"{_place(shaped.first_where, raw.source)}" for (name, label), shaped in foreign.items()]
     chosen = "set in data.format" if data.format != "auto" else "detected from the first rows"

@@ -61,6 +61,47 @@ def read_source(spec: str, *, hub_split: str = "train") -> RawRows:
     )
 
 
+STREAM_ROWS = 20_000  # rows per chunk when a JSON-lines file is read as a stream
+
+
+def iter_source(spec: str, *, hub_split: str = "train", chunk_rows: int | None = None):
+    """The rows of a source in chunks (RawRows each, in file order). A local JSON-lines file is read
+    line by line, so only one chunk of it is ever in memory; other sources come as one chunk.
+    Errors name the file and the line as read_source's do."""
+    path = Path(spec).expanduser()
+    if path.is_file() and LOCAL_SUFFIXES.get(path.suffix.lower()) == "jsonl":
+        yield from _stream_jsonl(path, chunk_rows or STREAM_ROWS)
+        return
+    yield read_source(spec, hub_split=hub_split)
+
+
+def _stream_jsonl(path: Path, chunk_rows: int):
+    rows: list[dict] = []
+    where: list[str] = []
+    seen = False
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                    f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}",
+                ) from None
+            if not line.strip():
+                continue
+            parsed, _ = _parse_jsonl(line, path, first_line=number)
+            rows += parsed
+            where.append(f"{path}:{number}")
+            if len(rows) >= chunk_rows:
+                yield RawRows(str(path), rows, where)
+                rows, where, seen = [], [], True
+    if rows or not seen:
+        if not rows:
+            raise DataError(f"{path}: the file holds no rows", "add samples to it or remove it from the preset")
+        yield RawRows(str(path), rows, where)
+
+
 def read_file(path: Path) -> RawRows:
     kind = LOCAL_SUFFIXES.get(path.suffix.lower())
     if kind is None:
@@ -101,9 +142,9 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
+def _parse_jsonl(text: str, path: Path, first_line: int = 1) -> tuple[list[dict], list[int]]:
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=first_line):
         if not line.strip():
             continue
         try:

@@ -221,7 +221,8 @@ class ChatRenderer:
             if not is_answer:
                 labels.extend([IGNORE_INDEX] * len(tokens))
                 continue
-            last_eot = max((i for i, t in enumerate(tokens) if t in self.eot_ids), default=-1)
+            # From the end: the closing token is the answer's last or nearly so.
+            last_eot = next((i for i in range(len(tokens) - 1, -1, -1) if tokens[i] in self.eot_ids), -1)
             if last_eot >= 0:
                 eot_id = tokens[last_eot] if eot_id is None else eot_id
             else:

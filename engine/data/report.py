@@ -6,6 +6,7 @@ explicit and documented here. Token counts are of the training split unless a fi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -101,9 +102,22 @@ class DataReport:
     end_of_turn_token: str | None = None  # the token that closes answers, when there is one
     inexact_masks: int = 0  # samples whose template renders prefixes differently (boundary approximated)
     example: RenderedExample | None = None
+    sampled: int = 0  # data.streaming: the report covers only the first `sampled` training samples (0: all)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "DataReport":
+        """The inverse of to_dict (for the prepared-data cache, which keeps reports as JSON)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {key: value for key, value in saved.items() if key in known}  # a field since removed is passed over
+        fields["length"] = LengthStats(**saved["length"])
+        fields["histogram"] = [HistogramBin(**b) for b in saved["histogram"]]
+        example = saved.get("example")
+        if example is not None:
+            fields["example"] = RenderedExample(**{**example, "segments": [tuple(s) for s in example["segments"]]})
+        return cls(**fields)

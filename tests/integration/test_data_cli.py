@@ -81,3 +81,23 @@ def test_a_bad_data_file_is_refused_with_its_name_and_nothing_changes(
     for fragment in expected:
         assert fragment in output, f"{fragment!r} not in {output!r}"
     assert _files(tmp_path) == before, "a refused file changes nothing in the workspace"
+
+
+def test_data_twice_hits_the_cache_which_cache_ls_shows_and_cache_clear_frees(demo_workspace, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    root = str(demo_workspace.root)
+    assert main(["-w", root, "data", "demo"]) == 0
+    first = capsys.readouterr().out
+    assert "cache: prepared" in first
+    key = first.split("cache: prepared ")[1].split()[0]
+    assert main(["-w", root, "data", "demo"]) == 0
+    assert f"cache: hit {key}" in capsys.readouterr().out
+    assert main(["-w", root, "cache", "ls"]) == 0
+    listing = capsys.readouterr().out
+    assert key in listing and "demo_capitals.json" in listing and "1 entry" in listing
+    assert main(["-w", root, "cache", "clear", "no-such-key"]) == 2
+    assert "no single cache entry matches no-such-key" in " ".join(capsys.readouterr().err.split())
+    assert main(["-w", root, "cache", "clear", key[:6]]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out
+    assert main(["-w", root, "cache", "ls"]) == 0
+    assert "no prepared datasets" in capsys.readouterr().out

@@ -146,3 +146,22 @@ def test_hub_id_that_cannot_be_loaded(tokenizer, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     error = fails(tokenizer, "someone/no-such-dataset")
     assert "someone/no-such-dataset: cannot load hub dataset (split 'train')" in str(error)
+
+
+def test_a_bad_line_far_into_a_streamed_file_is_named_by_its_line(tokenizer, tmp_path, monkeypatch):
+    """JSON-lines files are read chunk by chunk (issue 17): the error still names the file's own line,
+    and the rows before it were never all held at once."""
+    from engine.data import build as build_module
+    from engine.data import loading
+
+    monkeypatch.setattr(loading, "STREAM_ROWS", 3)
+    path = tmp_path / "big.jsonl"
+    good = [json.dumps({"instruction": f"Q{i}?", "output": f"A{i}."}) for i in range(10)]
+    path.write_text("\n".join(good[:8] + ['{"instruction": "Q8?", "output": '] + good[8:]) + "\n", encoding="utf-8")
+    chunks = []
+    with pytest.raises(DataError, match=r"big\.jsonl:9: malformed JSON line"):
+        build_module._read_each([str(path)], DataConfig(train_files=[str(path)]), lambda samples: chunks.append(len(samples)))
+    assert chunks == [3, 3]  # rows 1-6 went on in two chunks before line 9 was read
+    path.write_text("\n".join(good) + "\n", encoding="utf-8")
+    bundle = build_datasets(DataConfig(train_files=[str(path)]), tokenizer)
+    assert bundle.report.rows_read == 10 and bundle.report.train_samples == 10

@@ -30,7 +30,7 @@ def samples(tokenizer, tmp_path_factory):
         rows.append({"conversations": turns})
     path = tmp_path_factory.mktemp("pack") / "conv.json"
     path.write_text(json.dumps(rows), encoding="utf-8")
-    return build_datasets(DataConfig(train_files=[str(path)], max_length=128), tokenizer).train
+    return list(build_datasets(DataConfig(train_files=[str(path)], max_length=128), tokenizer).train)  # rows as dicts
 
 
 def test_plan_packs_fits_every_sample_once():
@@ -116,3 +116,37 @@ def test_padded_batch_loss_matches_too(tokenizer, tiny_model_dir, samples):
         padded = model(**collate(samples), use_cache=False).loss.item()
         packed = model(**make_collator(tokenizer, packing=True, max_length=96)(samples), use_cache=False).loss.item()
     assert padded == pytest.approx(packed, rel=1e-5, abs=1e-6)
+
+
+def test_best_fit_decreasing_fills_rows_most_tightly():
+    from engine.data.collate import plan_packs_bfd
+
+    lengths = [50, 10, 30, 64, 5, 40, 20, 14, 34]
+    packs = plan_packs_bfd(lengths, 64)
+    assert sorted(i for pack in packs for i in pack) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in pack) <= 64 for pack in packs)
+    # 64 | 50+14 | 40+20 (best fit leaves the 24-room row, not the 14-room one, for 20) | 34+30 | 10+5
+    assert sorted(sorted(lengths[i] for i in pack) for pack in packs) == [[5, 10], [14, 50], [20, 40], [30, 34], [64]]
+    assert plan_packs_bfd([100, 3], 64) == [[0], [1]]  # longer than a row: a row of its own (cut by the collator)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_whole_dataset_packing_gives_the_unpacked_loss(tokenizer, tiny_model_dir, tmp_path, attn):
+    """data.packing_strategy: dataset packs the prepared rows ahead of training; one batch of every
+    packed row has the loss of one padded batch of every sample (same supervised tokens)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"conversations": [{"from": "human", "value": "word " * (1 + i % 5)}, {"from": "gpt", "value": "ok " * (2 + i % 7)}]}
+            for i in range(14)]
+    path = tmp_path / "conv.json"
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    plain = build_datasets(DataConfig(train_files=[str(path)], max_length=96), tokenizer)
+    packed = build_datasets(DataConfig(train_files=[str(path)], max_length=96, packing=True), tokenizer)
+    assert packed.train.column_names == ["input_ids", "labels", "position_ids"]
+    assert len(packed.train) < len(plain.train) and max(len(r) for r in packed.train["input_ids"]) <= 96
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn, dtype=torch.float32).eval()
+    with torch.no_grad():
+        unpacked = model(**make_collator(tokenizer, packing=False, max_length=96)(list(plain.train)), use_cache=False).loss.item()
+        whole = model(**make_collator(tokenizer, packing=True, max_length=96)(list(packed.train)), use_cache=False).loss.item()
+    assert whole == pytest.approx(unpacked, rel=1e-5, abs=1e-6)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands.common import add_preset_args, console, load_preset_from_args, workspace
+from tui.commands.common import add_preset_args, console, load_preset_from_args, print_table, workspace
 
 EXAMPLE_TOKENS = 600  # the rendered example is cut after this many tokens
 HISTOGRAM_WIDTH = 40
@@ -28,14 +28,18 @@ def _data(args: argparse.Namespace) -> int:
     # The report lists the pipeline's warnings; without a handler Python would print them twice.
     logging.getLogger("tunebench.data").addHandler(logging.NullHandler())
 
-    preset = resolve_paths(load_preset_from_args(args, kind="train"), workspace(args).root)
+    ws = workspace(args)
+    preset = resolve_paths(load_preset_from_args(args, kind="train"), ws.root)
     from engine.data import build_datasets
     from engine.models import load_tokenizer
 
     tokenizer = load_tokenizer(preset.model)
-    bundle = build_datasets(preset.data, tokenizer, seed=preset.training.seed)  # DataError names the file, line or key
-    report = bundle.report
     out = console()
+    # The seed and the cache are the run's: a later `train` or `submit` of this preset loads these rows.
+    with _preparing(console(stderr=True)) as progress:
+        bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed, cache_dir=ws.cache_dir,
+                                progress=progress)  # DataError names the file, line or key
+    report = bundle.report
     if args.json:
         import json
         import sys
@@ -44,7 +48,40 @@ def _data(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
         return 0
     _print_report(out, preset.name, report, preset.training.batch_size)
+    out.print(f"\n  cache: {'hit' if bundle.cache_hit else 'prepared'} {bundle.cache_key} (`tunebench cache ls`)")
     return 0
+
+
+class _preparing:
+    """A progress bar with rows/s and ETA while the samples are tokenised (on stderr, gone when done)."""
+
+    def __init__(self, err):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]preparing data[/]"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[rate]} rows/s  eta"), TimeRemainingColumn(),
+                            console=err, transient=True)
+        self.task = None
+        self.started = 0.0
+
+    def __enter__(self):
+        import time
+
+        self.bar.start()
+        self.started = time.monotonic()
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        rate = f"{done / max(time.monotonic() - self.started, 1e-9):,.0f}"
+        if self.task is None:
+            self.task = self.bar.add_task("prepare", total=total, rate=rate)
+        self.bar.update(self.task, completed=done, total=total, rate=rate)
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False
 
 
 def _share(value: float) -> str:
@@ -58,6 +95,9 @@ def _print_report(out, name: str, report, batch_size: int) -> None:
     out.print(Text.assemble(("data of preset ", "bold"), (name, "bold cyan")))
     out.print(f"  files: {', '.join(report.files)}" + (f"  (validation: {', '.join(report.val_files)})" if report.val_files else ""))
     out.print(f"  format: [bold]{report.format}[/] — {report.format_detection}")
+    if report.sampled:
+        out.print(Text(f"  data.streaming: this report covers a sample, the first {report.sampled} training samples; "
+                       "the run reads every row as it trains", style="yellow"))
     out.print(f"  chat template: {report.chat_template}" + ("" if report.assistant_only_loss else "  (loss on every token)"))
     for warning in report.warnings:
         out.print(Text("  warning: " + warning, style="yellow"))
@@ -88,7 +128,7 @@ def _print_report(out, name: str, report, batch_size: int) -> None:
         eos = report.template_has_eos_after_assistant
         counts.add_row("end-of-turn token after answers",
                        Text(f"yes ({report.end_of_turn_token})" if eos else "NO", style="green" if eos else "red"))
-    out.print(counts)
+    print_table(out, counts)
 
     stats = report.length
     out.print(f"\n[bold]tokens per sample[/] (before truncation): min {stats.min}  median {stats.median}  "
