@@ -11,7 +11,6 @@ go through `datasets`.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -42,13 +41,7 @@ def read_source(spec: str, *, hub_split: str = "train") -> RawRows:
     """Read every row of a local file (or the files in a folder) or a hub dataset."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in LOCAL_SUFFIXES)
-        if not files:
-            raise DataError(
-                f"{path}: folder holds no data file",
-                "put .json, .jsonl, .csv or .parquet files in it, or name the files in data.train_files",
-            )
-        parts = [read_file(p) for p in files]
+        parts = [read_file(p) for p in _folder_files(path)]
         return RawRows(str(path), [r for p in parts for r in p.rows], [w for p in parts for w in p.where])
     if path.exists():
         return read_file(path)
@@ -61,24 +54,114 @@ def read_source(spec: str, *, hub_split: str = "train") -> RawRows:
     )
 
 
-STREAM_ROWS = 20_000  # rows per chunk when a JSON-lines file is read as a stream
+STREAM_ROWS = 20_000  # rows per chunk when a local file is read as a stream
 
 
 def iter_source(spec: str, *, hub_split: str = "train", chunk_rows: int | None = None):
-    """The rows of a source in chunks (RawRows each, in file order). A local JSON-lines file is read
-    line by line, so only one chunk of it is ever in memory; other sources come as one chunk.
-    Errors name the file and the line as read_source's do."""
+    """The rows of a source in chunks (RawRows each, in file order). Local files are read as streams
+    (JSON lines line by line, a JSON array item by item, CSV record by record, parquet batch by
+    batch), so only one chunk of rows is ever in memory and a bad row is named by its file and line
+    when the reader reaches it. A hub dataset comes as one chunk."""
     path = Path(spec).expanduser()
-    if path.is_file() and LOCAL_SUFFIXES.get(path.suffix.lower()) == "jsonl":
-        yield from _stream_jsonl(path, chunk_rows or STREAM_ROWS)
+    chunk_rows = chunk_rows or STREAM_ROWS
+    if path.is_dir():
+        for file in _folder_files(path):
+            for raw in _iter_file(file, chunk_rows):
+                yield RawRows(str(path), raw.rows, raw.where)
+        return
+    if path.is_file():
+        yield from _iter_file(path, chunk_rows)
         return
     yield read_source(spec, hub_split=hub_split)
 
 
-def _stream_jsonl(path: Path, chunk_rows: int):
+def _folder_files(path: Path) -> list[Path]:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in LOCAL_SUFFIXES)
+    if not files:
+        raise DataError(
+            f"{path}: folder holds no data file",
+            "put .json, .jsonl, .csv or .parquet files in it, or name the files in data.train_files",
+        )
+    return files
+
+
+def _iter_file(path: Path, chunk_rows: int):
+    kind = LOCAL_SUFFIXES.get(path.suffix.lower())
+    if kind == "jsonl":
+        yield from _chunks(path, _jsonl_rows(path), chunk_rows)
+    elif kind == "csv":
+        yield from _chunks(path, _csv_rows(path), chunk_rows)
+    elif kind == "parquet":
+        yield from _chunks(path, _parquet_rows(path), chunk_rows)
+    elif kind == "json" and _starts_with_bracket(path):
+        yield from _chunks(path, _json_array_rows(path), chunk_rows)
+    else:  # JSON lines or one object under a .json name, or an unsupported suffix: read_file says which
+        yield read_file(path)
+
+
+def _chunks(path: Path, rows_and_places, chunk_rows: int):
+    """RawRows of at most `chunk_rows` from (row, "file:line") pairs; an empty file is refused."""
     rows: list[dict] = []
     where: list[str] = []
     seen = False
+    for row, place in rows_and_places:
+        rows.append(row)
+        where.append(place)
+        if len(rows) >= chunk_rows:
+            yield RawRows(str(path), rows, where)
+            rows, where, seen = [], [], True
+    if rows:
+        yield RawRows(str(path), rows, where)
+    elif not seen:
+        raise DataError(f"{path}: the file holds no rows", "add samples to it or remove it from the preset")
+
+
+class _CheckedText:
+    """Reads a file as UTF-8 text in blocks; on a byte that is not UTF-8, re-reads the file to name
+    the line (the error path only)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = path.open("r", encoding="utf-8-sig", newline="")
+
+    def read(self, size: int = -1) -> str:
+        try:
+            return self.handle.read(size)
+        except UnicodeDecodeError:
+            self.handle.close()
+            _read_utf8(self.path)  # raises the DataError with the line
+            raise
+
+    def __iter__(self):
+        while True:
+            try:
+                line = self.handle.readline()
+            except UnicodeDecodeError:
+                self.handle.close()
+                _read_utf8(self.path)
+                raise
+            if not line:
+                return
+            yield line
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _starts_with_bracket(path: Path) -> bool:
+    stream = _CheckedText(path)
+    try:
+        while block := stream.read(4096):
+            text = block.lstrip()
+            if text:
+                return text.startswith("[")
+        return False
+    finally:
+        stream.close()
+
+
+def _jsonl_rows(path: Path):
+    """(row, "file:line") for each line of a JSON-lines file, read line by line."""
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
@@ -88,18 +171,9 @@ def _stream_jsonl(path: Path, chunk_rows: int):
                     f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
                     f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}",
                 ) from None
-            if not line.strip():
-                continue
-            parsed, _ = _parse_jsonl(line, path, first_line=number)
-            rows += parsed
-            where.append(f"{path}:{number}")
-            if len(rows) >= chunk_rows:
-                yield RawRows(str(path), rows, where)
-                rows, where, seen = [], [], True
-    if rows or not seen:
-        if not rows:
-            raise DataError(f"{path}: the file holds no rows", "add samples to it or remove it from the preset")
-        yield RawRows(str(path), rows, where)
+            if line.strip():
+                parsed, _ = _parse_jsonl(line, path, first_line=number)
+                yield parsed[0], f"{path}:{number}"
 
 
 def read_file(path: Path) -> RawRows:
@@ -110,20 +184,18 @@ def read_file(path: Path) -> RawRows:
             "use .json (array of objects or one object per line), .jsonl, .csv or .parquet",
         )
     if kind == "parquet":
-        rows = _read_parquet(path)
-        return RawRows(str(path), rows, [f"{path} row {i + 1}" for i in range(len(rows))])
-    text = _read_utf8(path)
-    if kind == "csv":
-        rows, lines = _parse_csv(text, path)
-    elif kind == "jsonl":
-        rows, lines = _parse_jsonl(text, path)
-    elif not text.lstrip().startswith("["):
-        rows, lines = _parse_json_not_array(text, path)
+        pairs = list(_parquet_rows(path))
+    elif kind == "csv":
+        pairs = list(_csv_rows(path))
+    elif kind == "json" and _starts_with_bracket(path):
+        pairs = list(_json_array_rows(path))
     else:
-        rows, lines = _parse_json_array(text, path)
-    if not rows:
+        text = _read_utf8(path)
+        rows, lines = _parse_jsonl(text, path) if kind == "jsonl" else _parse_json_not_array(text, path)
+        pairs = [(row, f"{path}:{line}") for row, line in zip(rows, lines)]
+    if not pairs:
         raise DataError(f"{path}: the file holds no rows", "add samples to it or remove it from the preset")
-    return RawRows(str(path), rows, [f"{path}:{line}" for line in lines])
+    return RawRows(str(path), [row for row, _ in pairs], [place for _, place in pairs])
 
 
 def _read_utf8(path: Path) -> str:
@@ -202,93 +274,145 @@ def _wrapped_rows(obj: dict) -> tuple[str, list] | None:
     return lists[0] if lists else None
 
 
-def _parse_json_array(text: str, path: Path) -> tuple[list[dict], list[int]]:
-    """Parse a JSON array item by item, so each row keeps the line it starts on."""
-    decoder = json.JSONDecoder()
-    rows, lines = [], []
-    pos = text.index("[") + 1
-    length = len(text)
+BLOCK_CHARS = 1 << 22  # characters read at a time from a JSON array
 
-    def skip_space(p: int) -> int:
-        while p < length and text[p] in " \t\r\n":
-            p += 1
-        return p
+
+def _json_array_rows(path: Path):
+    """(row, "file:line") for each object of a JSON array, read block by block: each row keeps the
+    line it starts on, and only a block (or one row, when a row is larger) is held at a time."""
+    stream = _CheckedText(path)
+    decoder = json.JSONDecoder()
+    buf, pos, eof = "", 0, False
+    line, counted = 1, 0  # `line` is the line of buf[counted]
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += buf.count("\n", counted, p)
+        counted = p
+        return line
+
+    def more() -> bool:
+        """Drop what is parsed, append the next block; False at the end of the file."""
+        nonlocal buf, pos, eof, counted
+        if eof:
+            return False
+        line_at(pos)
+        buf, pos, counted = buf[pos:], 0, 0
+        block = stream.read(BLOCK_CHARS)
+        eof = not block
+        buf += block
+        return not eof
+
+    def skip_space() -> None:
+        nonlocal pos
+        while True:
+            while pos < len(buf) and buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(buf) or not more():
+                return
 
     def fail(p: int, what: str) -> DataError:
-        return DataError(f"{path}:{_line_of(text, p)}: malformed JSON ({what})", "fix the file: it must be one JSON array of objects")
+        return DataError(f"{path}:{line_at(p)}: malformed JSON ({what})", "fix the file: it must be one JSON array of objects")
 
-    line, counted = 1, 0
-    pos = skip_space(pos)
-    if pos < length and text[pos] == "]":
-        return rows, lines
-    while True:
-        pos = skip_space(pos)
-        try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise fail(exc.pos, exc.msg) from None
-        if not isinstance(item, dict):
-            raise DataError(
-                f"{path}:{_line_of(text, pos)}: item {len(rows) + 1} is a {type(item).__name__}, not an object",
-                "the array must hold one object per sample",
-            )
-        rows.append(item)
-        # Count newlines since the previous item only: counting from the start is quadratic.
-        line += text.count("\n", counted, pos)
-        counted = pos
-        lines.append(line)
-        pos = skip_space(end)
-        if pos >= length:
-            raise fail(pos, "the array is not closed with ]")
-        if text[pos] == "]":
-            break
-        if text[pos] != ",":
-            raise fail(pos, f"expected ',' or ']' after item {len(rows)}")
-        pos += 1
-    if text[pos + 1 :].strip():
-        raise fail(pos + 1, "extra data after the closing ]")
-    return rows, lines
-
-
-def _parse_csv(text: str, path: Path) -> tuple[list[dict], list[int]]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    rows, lines = [], []
     try:
-        for row in reader:
-            if None in row:
-                raise DataError(
-                    f"{path}:{reader.line_num}: more fields than the header has columns",
-                    "quote fields that contain commas or line breaks",
-                )
-            rows.append({k: v for k, v in row.items()})
-            lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})", "fix the quoting on that line") from None
-    if reader.fieldnames is None:
-        raise DataError(f"{path}: the file is empty", "a CSV file needs a header line naming its columns")
-    return rows, lines
+        skip_space()
+        pos += 1  # the [ that _starts_with_bracket saw
+        skip_space()
+        index = 0
+        if not (pos < len(buf) and buf[pos] == "]"):
+            while True:
+                skip_space()
+                while True:
+                    try:
+                        item, end = decoder.raw_decode(buf, pos)
+                        break
+                    except json.JSONDecodeError as exc:  # cut by the block's end, or really malformed
+                        if eof:
+                            raise fail(exc.pos, exc.msg) from None
+                        more()
+                if not isinstance(item, dict):
+                    raise DataError(
+                        f"{path}:{line_at(pos)}: item {index + 1} is a {type(item).__name__}, not an object",
+                        "the array must hold one object per sample",
+                    )
+                yield item, f"{path}:{line_at(pos)}"
+                index += 1
+                pos = end
+                skip_space()
+                if pos >= len(buf):
+                    raise fail(pos, "the array is not closed with ]")
+                if buf[pos] == "]":
+                    break
+                if buf[pos] != ",":
+                    raise fail(pos, f"expected ',' or ']' after item {index}")
+                pos += 1
+        pos += 1  # the closing ]
+        skip_space()
+        if pos < len(buf):
+            raise fail(pos, "extra data after the closing ]")
+    finally:
+        stream.close()
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def _csv_rows(path: Path):
+    """(row, "file:line") for each CSV record, read record by record."""
+    stream = _CheckedText(path)
+    try:
+        reader = csv.DictReader(iter(stream))
+        try:
+            for row in reader:
+                if None in row:
+                    raise DataError(
+                        f"{path}:{reader.line_num}: more fields than the header has columns",
+                        "quote fields that contain commas or line breaks",
+                    )
+                yield dict(row), f"{path}:{reader.line_num}"
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})", "fix the quoting on that line") from None
+        if reader.fieldnames is None:
+            raise DataError(f"{path}: the file is empty", "a CSV file needs a header line naming its columns")
+    finally:
+        stream.close()
+
+
+PARQUET_BATCH_ROWS = 4096
+
+
+def _parquet_rows(path: Path):
+    """(row, "file row N") for each parquet row, read one record batch at a time."""
     import pyarrow.parquet as pq  # a dependency of datasets
 
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty (0 bytes)", "write the parquet file again, or remove it from the preset")
-    try:
-        with pq.ParquetFile(path) as parquet:
-            table = parquet.read()
-    except Exception as exc:  # pyarrow raises many types for a broken file
+
+    def unreadable(exc: Exception) -> DataError:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(
+        return DataError(
             f"{path}: cannot read as parquet ({first_line})",
             "the file is cut short or is not parquet: copy or export it again (e.g. pandas' to_parquet), "
             "or convert it to .jsonl",
-        ) from None
-    rows = table.to_pylist()
-    if not rows:
-        raise DataError(f"{path}: the file holds no rows (columns {table.schema.names})",
+        )
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises many types for a broken file
+        raise unreadable(exc) from None
+    number = 0
+    with parquet:
+        batches = parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS)
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception as exc:
+                raise unreadable(exc) from None
+            if batch is None:
+                break
+            for row in batch.to_pylist():
+                number += 1
+                yield row, f"{path} row {number}"
+    if number == 0:
+        raise DataError(f"{path}: the file holds no rows (columns {parquet.schema_arrow.names})",
                         "add samples to it or remove it from the preset")
-    return rows
 
 
 def read_hub(dataset_id: str, split: str) -> RawRows:
