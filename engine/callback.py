@@ -2,10 +2,10 @@
 
 Values cross from the device to the host only at logging steps: per step the callback adds the
 batch's token count to a device tensor (no sync) and checks `sink.should_stop()` (a host-side
-call). At each logging step it hands loss, grad_norm, lr, epoch, throughput and memory to the sink
-and the live doctor; at each evaluation eval_loss and perplexity; at each save the checkpoint,
-after which the keep policy (last N + best by eval loss) prunes the rest and the doctor looks at
-the free space left for the next ones.
+call). At each logging step it hands loss, grad_norm, lr, epoch, throughput (on CUDA also TFLOP/s
+and MFU, engine.flops) and memory to the sink and the live doctor; at each evaluation eval_loss and
+perplexity; at each save the checkpoint, after which the keep policy (last N + best by eval loss)
+prunes the rest and the doctor looks at the free space left for the next ones.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from transformers import TrainerCallback
 from engine.artifacts import RunArtifacts, disk_space, folder_bytes
 from engine.distributed.rank import agree_on_stop
 from engine.doctor.live import LiveDoctor
+from engine.flops import compute_dtype, flops_per_token, mfu, peak_flops
 from engine.metering import memory_metrics
 from engine.sink import Sink
 from presets.methods import METHODS
@@ -88,6 +89,8 @@ class EngineCallback(TrainerCallback):
         self._last_log_samples = 0
         self._excluded_time = 0.0  # evaluation time inside the current logging interval
         self._checkpoint_eval: dict[int, float | None] = {}
+        self._model_config = None  # for the FLOPs per token (on_train_begin)
+        self._peak: float | None = None  # the GPU's dense peak FLOP/s for the compute dtype
 
     # ------------------------------------------------------------------ counting (per step, no sync)
 
@@ -97,9 +100,13 @@ class EngineCallback(TrainerCallback):
         ids = inputs["input_ids"]
         positions = inputs.get("position_ids")
         if mask is None and positions is not None:
-            # Packed rows (engine.data): no mask, and each sample restarts its positions at 0. Tokens
-            # are then the row slots, including the short padding run at the end of a row.
-            tokens, samples = ids.numel(), (positions == 0).sum()
+            # Packed (engine.data.collate): no mask, and each sample restarts its positions at 0. A
+            # row's end padding is the one run that starts elsewhere: real tokens are those before it.
+            import torch
+
+            starts = torch.diff(positions, dim=-1, prepend=positions[:, :1] - 1) != 1
+            padding = (starts & (positions != 0)).cumsum(dim=-1) > 0
+            tokens, samples = (~padding).sum(), (positions == 0).sum()
         else:
             tokens = mask.sum() if mask is not None else ids.numel()
             samples = ids.shape[0]
@@ -152,6 +159,8 @@ class EngineCallback(TrainerCallback):
                 self._note_eval(entry["eval_loss"])
                 self.eval_at_step[int(entry["step"])] = float(entry["eval_loss"])
         self._checkpoint_eval = {step: checkpoint_eval_loss(path) for step, path in self.artifacts.checkpoints().items()}
+        self._model_config = getattr(kwargs.get("model"), "config", None)
+        self._peak = self._gpu_peak()
         self.doctor.set_total_steps(state.max_steps)
         if state.is_world_process_zero:
             self.sink.run_started({**self.run_info, "total_steps": state.max_steps, "start_step": state.global_step})
@@ -204,6 +213,11 @@ class EngineCallback(TrainerCallback):
         }
         if "grad_norm" in logs and logs["grad_norm"] is not None:
             values["grad_norm"] = float(logs["grad_norm"])
+        values.update(
+            self._flops_metrics(
+                values["tokens_per_s"], self._tokens_flushed - self._last_log_tokens, self._samples_flushed - self._last_log_samples
+            )
+        )
         values.update(memory_metrics(self.device))
         self._last_log_time, self._excluded_time = now, 0.0
         self._last_log_tokens, self._last_log_samples = self._tokens_flushed, self._samples_flushed
@@ -211,6 +225,38 @@ class EngineCallback(TrainerCallback):
         self.sink.metrics(state.global_step, values)
         self._apply_findings(state.global_step, values, control)
         return control
+
+    def _gpu_peak(self) -> float | None:
+        """This GPU's dense peak FLOP/s for the run's compute dtype; None off CUDA or for a GPU not in the table."""
+        if self.device is None or self.device.type != "cuda":
+            return None
+        import torch
+
+        try:
+            name = torch.cuda.get_device_name(self.device)  # the same name NVML reports
+        except Exception:  # torch cannot describe the device: no MFU rather than a failed run
+            return None
+        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+        return peak_flops(name, compute_dtype(self.run_info.get("precision") or "fp32", tf32_matmul=tf32))
+
+    def _flops_metrics(self, tokens_per_s: float, tokens: int, samples: int) -> dict[str, float]:
+        """Achieved model TFLOP/s per GPU (`tflops`) and MFU (`mfu`, a fraction) for one logging interval.
+
+        Only on CUDA (a CPU has no peak in the table, and its figure would mean little). The attention
+        term uses the interval's mean sample length (tokens per sample), the context a token attends within.
+        """
+        if self.device is None or self.device.type != "cuda" or self._model_config is None or not samples:
+            return {}
+        per_token = flops_per_token(
+            self._model_config,
+            trainable_params=int(self.run_info.get("trainable_params") or 0),
+            total_params=int(self.run_info.get("total_params") or 0),
+            seq_len=round(tokens / samples),
+        )
+        values = {"tflops": tokens_per_s * per_token / 1e12}
+        if self._peak is not None:  # a GPU missing from engine.flops' table gets TFLOP/s without MFU
+            values["mfu"] = mfu(tokens_per_s, per_token, self._peak)
+        return values
 
     def _note_eval(self, eval_loss: float) -> bool:
         """Track the best eval loss; True when this one is a new best."""

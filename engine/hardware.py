@@ -1,4 +1,5 @@
-"""This machine's GPUs as NVML sees them: which are visible, their bf16 support and their memory.
+"""This machine's GPUs as NVML sees them: which are visible, their bf16 support, their memory and
+health (utilisation, power, temperature).
 
 The only module that talks to NVML (nvidia-ml-py). NVML needs no torch and opens no CUDA context,
 so the engine process, the jobs layer and the TUI can ask without holding a GPU. Only the standard
@@ -118,19 +119,67 @@ def gpu_memory_used(uuid: str) -> tuple[int, int] | None:
     return int(info.used), int(info.total)
 
 
+# --------------------------------------------------------------------------- health
+
+
+def _optional(read):
+    """One NVML reading, or None where the GPU or driver does not report it (MIG slices and some
+    boards answer NotSupported for utilisation, power or temperature)."""
+    try:
+        return read()
+    except Exception:
+        return None
+
+
+def _temperature(pynvml, handle) -> int:
+    # nvmlDeviceGetTemperatureV is the current call; drivers before it only have the deprecated one.
+    try:
+        return int(pynvml.nvmlDeviceGetTemperatureV(handle, pynvml.NVML_TEMPERATURE_GPU))
+    except Exception:
+        return int(pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU))
+
+
+@dataclass(frozen=True)
+class GpuHealth:
+    utilization: int | None = None  # % of the last sample period with a kernel running
+    power_w: float | None = None  # board power draw, watts
+    temperature_c: int | None = None  # GPU core, °C
+
+
+def _health(pynvml, handle) -> GpuHealth:
+    return GpuHealth(
+        utilization=_optional(lambda: int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+        power_w=_optional(lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0),  # NVML gives milliwatts
+        temperature_c=_optional(lambda: _temperature(pynvml, handle)),
+    )
+
+
+def gpu_health(uuid: str) -> GpuHealth | None:
+    """Utilisation, power and temperature of the GPU with this NVML UUID (see gpu_memory_used), each
+    None when not reported; None when NVML cannot answer at all. Host-side queries, no CUDA sync."""
+    try:
+        pynvml = _nvml_kept_open()
+        handle = _handle_by_uuid(uuid)
+    except Exception:
+        return None
+    return _health(pynvml, handle)
+
+
 @dataclass(frozen=True)
 class GpuReading:
     index: int
     name: str
     memory_used: int
     memory_total: int
+    health: GpuHealth = GpuHealth()
 
 
 def read_gpus() -> list[GpuReading]:
-    """Name and memory used / total of every GPU NVML counts (CUDA_VISIBLE_DEVICES does not apply).
+    """Name, memory used / total and health of every GPU NVML counts (CUDA_VISIBLE_DEVICES does not apply).
 
     For a status line polled every few seconds: NVML stays open between calls. Raises when NVML
     cannot answer (no driver, no library, a GPU fell off the bus); the caller decides what that means.
+    A reading one GPU does not support (utilisation on a MIG-enabled board, say) is None, not an error.
     """
     pynvml = _nvml_kept_open()
     gpus = []
@@ -140,5 +189,5 @@ def read_gpus() -> list[GpuReading]:
         name = pynvml.nvmlDeviceGetName(handle)
         if isinstance(name, bytes):
             name = name.decode(errors="replace")
-        gpus.append(GpuReading(index, str(name), int(memory.used), int(memory.total)))
+        gpus.append(GpuReading(index, str(name), int(memory.used), int(memory.total), _health(pynvml, handle)))
     return gpus

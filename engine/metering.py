@@ -6,7 +6,7 @@ optional: no CUDA, no NVML library or an NVML error just leaves its keys out.
 
 from __future__ import annotations
 
-from engine.hardware import gpu_memory_used
+from engine.hardware import gpu_health, gpu_memory_used
 
 
 def torch_memory(device) -> dict[str, float]:
@@ -49,5 +49,21 @@ def nvml_memory(device) -> dict[str, float]:
     return {"gpu_mem_used": float(used), "gpu_mem_total": float(total)}
 
 
+def nvml_health(device) -> dict[str, float]:
+    """Utilisation %, power (W) and temperature (°C) of the device, those NVML reports."""
+    if device is None or device.type != "cuda":
+        return {}
+    try:
+        uuid = _device_uuid(device)
+    except Exception:  # torch cannot describe the device: leave it out
+        return {}
+    health = gpu_health(uuid) if uuid is not None else None
+    if health is None:
+        return {}
+    values = {"gpu_util": health.utilization, "gpu_power_w": health.power_w, "gpu_temp_c": health.temperature_c}
+    return {key: float(value) for key, value in values.items() if value is not None}
+
+
 def memory_metrics(device) -> dict[str, float]:
-    return {**torch_memory(device), **nvml_memory(device)}
+    """Memory, and the GPU's health beside it (the same NVML handle, as cheap)."""
+    return {**torch_memory(device), **nvml_memory(device), **nvml_health(device)}

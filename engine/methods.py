@@ -409,11 +409,24 @@ def _peft(make_config, *, after_wrap: Callable[[Any, TrainPreset], None] | None 
                 f"method {preset.method.name} does not fit {type(model).__name__}: {exc}",
                 "pick another method or adjust its method.* settings",
             ) from None
+        _upcast_trainable(model)
         if after_wrap is not None:
             after_wrap(model, preset)
         return model
 
     return build
+
+
+def _upcast_trainable(model) -> None:
+    """Trained parameters in fp32 (the optimizer's master weights; fp16 loss scaling refuses fp16
+    gradients). peft upcasts its adapter layers, but not the trained copies of method.lora.modules_to_save
+    (embed_tokens, lm_head), which keep the dtype of the frozen base: 16-bit on a GPU, and under QLoRA
+    since the embeddings are no longer upcast (engine.models.prepare_kbit_training)."""
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.to(torch.float32)
 
 
 _lora = partial(_peft, after_wrap=_finish_lora_init)

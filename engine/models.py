@@ -240,12 +240,60 @@ def load_tokenizer(model_cfg: ModelConfig):
     return tokenizer
 
 
-def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bool, trains_base_weights: bool = False, device=None):
+def prepare_kbit_training(model) -> None:
+    """QLoRA's preparation of a quantized base: peft's prepare_model_for_kbit_training, less one cast.
+
+    Every parameter is frozen and the small 16-bit ones (norms, biases) are upcast to fp32, as peft
+    does; the input embeddings and the output head stay in the compute dtype. peft upcasts those too,
+    which with a 150k vocabulary doubles their memory; frozen, they need no fp32: an embedding is a
+    lookup, and the head's matmul accumulates in fp32 while the loss upcasts the logits (a LoRA on a
+    16-bit base runs them so too). Trained copies (method.lora.modules_to_save) are upcast by
+    engine.methods.
+    """
+    import torch
+
+    kept = {id(p) for module in (model.get_input_embeddings(), model.get_output_embeddings()) if module is not None
+            for p in module.parameters()}
+    for param in model.parameters():
+        param.requires_grad_(False)
+        # Params4bit holds packed uint8 weights; 8-bit ones are int8: neither is a float to upcast.
+        if param.dtype in (torch.float16, torch.bfloat16) and id(param) not in kept and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight.dtype in (torch.float16, torch.bfloat16):
+        # The final norm now hands it fp32 hidden states, which only autocast would cast to its dtype.
+        head.register_forward_pre_hook(lambda module, args: (args[0].to(module.weight.dtype), *args[1:]))
+
+
+def attention_for(model_cfg: ModelConfig, *, packed: bool, device=None, config=None) -> tuple[str, str]:
+    """(attention kernel, reason) for this model on `device` with packed or padded batches: the
+    preset's model.attn_implementation, or for auto engine.attention's pick among the kernels the
+    model's class supports (read from `config`, loaded when not given)."""
+    from transformers import AutoConfig
+
+    from engine.attention import DeviceKind, choose_attention, supported_kernels
+
+    supported = None
+    if model_cfg.attn_implementation == "auto" and config is None:
+        source = resolve_model_source(model_cfg)
+        try:
+            config = AutoConfig.from_pretrained(source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+        except Exception as exc:
+            raise _hub_error(model_cfg, _hub_cause(exc)) from None
+    if config is not None:
+        supported = supported_kernels(config)
+    return choose_attention(model_cfg.attn_implementation, packed=packed, device=DeviceKind.detect(device or training_device()), supported=supported)
+
+
+def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bool, trains_base_weights: bool = False, device=None,
+               attn_implementation: str | None = None):
     """Load the causal LM as `model_cfg` says, on `device` (default: this process's training device).
 
     `precision` is the resolved training precision (see resolve_precision): it picks the dtype of
     frozen weights and of 4-bit matmuls when the preset says auto. A quantized model loaded for
     training is prepared for k-bit training (frozen, norms upcast to fp32), as QLoRA needs.
+    `attn_implementation`: the kernel chosen by attention_for (a training run chooses it with its
+    batch layout); None = attention_for with padded batches.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -266,8 +314,11 @@ def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bo
     kwargs["dtype"] = weights_dtype(model_cfg, precision, trains_base_weights=trains_base_weights)
     if device.type == "cpu" and kwargs["dtype"] == torch.float16 and for_training:
         raise EngineError("fp16 weights cannot be trained on the CPU", "set model.dtype: auto (fp32 on the CPU) or bf16")
-    if model_cfg.attn_implementation != "auto":
-        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    attention = attn_implementation or attention_for(model_cfg, packed=False, device=device, config=config)[0]
+    if attention == "flex_attention" and device.type == "cpu" and for_training:
+        raise EngineError("attn_implementation flex_attention cannot train on the CPU (torch has no CPU backward for it)",
+                          "set model.attn_implementation: auto (sdpa on the CPU) or sdpa")
+    kwargs["attn_implementation"] = attention
     if mode != "none":
         check_bitsandbytes(mode, device)
         kwargs["quantization_config"] = quantization_config(model_cfg, precision, sharded=sharded)
@@ -286,7 +337,9 @@ def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bo
         raise EngineError(f"loading {source} needs a missing package: {exc}", "install it into the environment") from None
     except ValueError as exc:
         if "attn_implementation" in str(exc) or "attention" in str(exc).lower():
-            raise EngineError(f"{source}: {exc}", "set model.attn_implementation: auto") from None
+            # auto itself chose the kernel when the model's class could not be read (remote code).
+            advice = "eager (or another kernel the model supports)" if model_cfg.attn_implementation == "auto" else "auto"
+            raise EngineError(f"{source} (attention kernel {attention}): {exc}", f"set model.attn_implementation: {advice}") from None
         raise EngineError(f"{source} could not be loaded: {exc}", "check model.path and model.dtype") from None
     except torch.cuda.OutOfMemoryError:
         raise EngineError(
@@ -305,10 +358,8 @@ def load_model(model_cfg: ModelConfig, *, precision: Precision, for_training: bo
             for param in model.parameters():
                 param.requires_grad_(False)
         elif mode != "none":
-            from peft import prepare_model_for_kbit_training
-
             # Gradient checkpointing is switched on later for every method alike (engine.train).
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+            prepare_kbit_training(model)
     else:
         model.eval()
     return model

@@ -31,22 +31,14 @@ from engine.artifacts import (
     write_atomic,
 )
 from engine.errors import DataError, EngineError
-from engine.models import load_model, load_tokenizer, quiet_libraries, resolve_precision, training_device
+from engine.kernels import LIGER_LOSS, kernel_choice, optimizer_name
+from engine.models import attention_for, load_model, load_tokenizer, quiet_libraries, resolve_precision, training_device
 from engine.outcome import STATUS_BY_REASON, DiskFull, JobOutcome, Status
 from engine.sink import JsonlSink, MultiSink, Sink
 from presets import TrainPreset, dump_preset
 from presets.methods import METHODS
 
 
-# The preset's optimizer names → TrainingArguments.optim (the 8-bit and paged ones are bitsandbytes').
-OPTIMIZERS = {
-    "adamw": "adamw_torch",
-    "adamw_8bit": "adamw_bnb_8bit",
-    "paged_adamw_8bit": "paged_adamw_8bit",
-    "paged_adamw_32bit": "paged_adamw_32bit",
-    "adafactor": "adafactor",
-    "sgd": "sgd",
-}
 # A failed save with less than this free is taken for a full disk even when the library's error
 # does not say so (torch.save reports only "file write failed").
 NEARLY_FULL_BYTES = 1 << 20
@@ -114,8 +106,9 @@ def _checkpointing_arguments(enabled: bool) -> dict:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precision: str, device, steps: int, has_eval: bool):
-    """The preset's training section as HF TrainingArguments."""
+def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precision: str, device, steps: int, has_eval: bool,
+                       loss: str = "plain"):
+    """The preset's training section as HF TrainingArguments; `loss` is engine.kernels' loss path."""
     from transformers import TrainingArguments
 
     training = preset.training
@@ -140,8 +133,13 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
         warmup_steps=warmup,
         weight_decay=training.weight_decay,
         max_grad_norm=training.max_grad_norm,
-        optim=OPTIMIZERS[training.optimizer],
-        **_checkpointing_arguments(training.gradient_checkpointing),
+        optim=optimizer_name(training.optimizer, device_is_cuda=device.type == "cuda"),
+        # transformers' Liger integration patches the model at train(): fused linear cross-entropy,
+        # RMSNorm, RoPE and SwiGLU, each where the architecture has it (Liger's defaults).
+        use_liger_kernel=loss == LIGER_LOSS,
+        torch_compile=training.compile,
+        # Under FSDP, FSDP's own activation checkpointing does it (engine.distributed.configs).
+        **_checkpointing_arguments(training.gradient_checkpointing and preset.distributed.strategy != "fsdp"),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
@@ -484,6 +482,9 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     checkpoint = resolve_resume(resume_from, artifacts) if resume_from else None
     device = training_device()
     precision = resolve_precision(preset.training.precision, device)
+    # Before the data is prepared: a `liger` this machine cannot run fails at once.
+    loss, why = kernel_choice(preset, device.type == "cuda")
+    sink.event("info", f"loss: {loss} ({why})")
     set_seed(preset.training.seed)
     if preset.training.optimizer.startswith("paged") and device.type != "cuda":
         sink.event("info", f"{preset.training.optimizer} pages optimizer state only on CUDA; on the CPU bitsandbytes runs it unpaged")
@@ -500,11 +501,15 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     # Before the model: under ZeRO-3 and FSDP the arguments set up the process group and the
     # sharded loading (zero.Init / meta-device ranks) that from_pretrained then uses.
     has_eval = bool(bundle.eval)
-    args = training_arguments(preset, artifacts, precision=precision, device=device, steps=steps, has_eval=has_eval)
+    args = training_arguments(preset, artifacts, precision=precision, device=device, steps=steps, has_eval=has_eval, loss=loss)
 
     sink.event("info", f"loading model on {device} ({precision})")
     method = preset.method.name
-    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=METHODS[method].trains_base_weights)
+    # The kernel goes with the batch layout: the collator below lays packed batches out for it.
+    attention, why = attention_for(preset.model, packed=preset.data.packing, device=device)
+    sink.event("info", f"attention: {attention} ({why})")
+    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=METHODS[method].trains_base_weights,
+                       attn_implementation=attention)
     check_max_length(preset, model.config)
     set_seed(preset.training.seed)  # adapter initialisation does not depend on how loading used the RNG
     model = apply_method(model, preset, total_steps=steps)
@@ -525,7 +530,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
         args=args,
         train_dataset=bundle.train,
         eval_dataset=bundle.eval or None,
-        data_collator=make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length),
+        data_collator=make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length, attn_implementation=attention),
         processing_class=tokenizer,
         callbacks=[callback],
         optimizer_cls_and_kwargs=loraplus_optimizer(preset, args),  # None unless method.lora.loraplus_lr_ratio

@@ -18,6 +18,7 @@ OPTIONAL = {
     "mlflow": ("mlflow", "tracking"),
     "trackio": ("trackio", "tracking"),
     "bitsandbytes": ("bitsandbytes", "gpu"),
+    "liger_kernel": ("liger-kernel", "liger"),
     "rouge_score": ("rouge-score", "eval"),
     "sacrebleu": ("sacrebleu", "eval"),
     "tree_sitter_yaml": ("tree-sitter-yaml", "yaml"),

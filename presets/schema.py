@@ -40,8 +40,9 @@ class ModelConfig(Section):
     revision: str | None = Field(None, description="hub revision (branch, tag or commit)")
     dtype: Dtype = Field("auto", description="dtype the weights are loaded in; auto = bf16 on GPUs that have it, else fp16 on GPU, fp32 on CPU")
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig, description="bitsandbytes quantization")
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="attention kernel; auto lets transformers choose"
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = Field(
+        "auto", description="attention kernel; auto = the fastest one correct for the batch layout here: flash_attention_2 on "
+        "Ampere+ GPUs with flash-attn, flex_attention for packed batches on GPUs without it, else sdpa (the run's events say which)"
     )
     trust_remote_code: bool = Field(False, description="run modelling code shipped with the model (only for models you trust)")
 
@@ -237,6 +238,13 @@ class TrainingConfig(Section):
         "adamw", description="optimizer; the 8-bit and paged ones come from bitsandbytes"
     )
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass to save memory")
+    kernels: Literal["auto", "liger", "none"] = Field(
+        "auto",
+        description="loss and layer kernels: liger = Liger Kernel's fused linear cross-entropy (no full logits in memory) "
+        "with its RMSNorm / RoPE / SwiGLU kernels, CUDA only, needs pip install 'tunebench[liger]'; "
+        "auto = liger on CUDA when installed, else none (transformers' own)",
+    )
+    compile: bool = Field(False, description="torch.compile the model (slower start, faster steps once compiled)")
     precision: Dtype = Field("auto", description="mixed precision: auto = bf16 where supported, fp16 with loss scaling on older GPUs, fp32 on CPU")
     seed: int = Field(42, description="seed of initialisation, dropout and data order")
     logging_steps: int = Field(10, ge=1, description="steps between two metric reports")

@@ -27,6 +27,9 @@ class GpuInfo:
     name: str
     used: int  # bytes
     total: int  # bytes
+    util: int | None = None  # %, None where NVML does not report it
+    power_w: float | None = None
+    temp_c: int | None = None
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,8 @@ class LogChunk:
 
 
 class NvmlProbe:
-    """GPU memory used / total through NVML (engine.hardware): no torch, no CUDA context."""
+    """GPU memory used / total, utilisation, power and temperature through NVML (engine.hardware):
+    no torch, no CUDA context."""
 
     def __init__(self) -> None:
         self._state: bool | None = None  # None: not tried, False: no NVML here
@@ -82,7 +86,10 @@ class NvmlProbe:
             try:
                 from engine.hardware import read_gpus  # stdlib only at import: the TUI stays light
 
-                gpus = [GpuInfo(g.index, g.name, g.memory_used, g.memory_total) for g in read_gpus()]
+                gpus = [
+                    GpuInfo(g.index, g.name, g.memory_used, g.memory_total, g.health.utilization, g.health.power_w, g.health.temperature_c)
+                    for g in read_gpus()
+                ]
                 self._state = True
                 return gpus
             except Exception:

@@ -138,6 +138,13 @@ class DashboardFeed:
             rows.append(("peak memory", "— (no CUDA)" if info.get("device") in (None, "cpu") else "—"))
         speed = series.last("tokens_per_s")
         rows.append(("tokens/s", f"{speed:,.0f}" if speed is not None else "—"))
+        # On CUDA only (engine.callback): model FLOPs utilisation and the GPU's health, latest values.
+        mfu, tflops = series.last("mfu"), series.last("tflops")
+        if tflops is not None:
+            rows.append(("MFU", f"{mfu:.1%} · {tflops:,.0f} TFLOP/s" if mfu is not None else f"— · {tflops:,.0f} TFLOP/s"))
+        health = gpu_health_text(series.last("gpu_util"), series.last("gpu_power_w"), series.last("gpu_temp_c"))
+        if health:
+            rows.append(("GPU", health))
         epoch = series.last("epoch")
         if epoch is not None:
             rows.append(("epoch", f"{epoch:.2f}"))
@@ -145,6 +152,18 @@ class DashboardFeed:
         if setup:
             rows.append(("setup", setup))
         return rows
+
+
+def gpu_health_text(util: float | None, power_w: float | None, temp_c: float | None) -> str:
+    """`87% · 250 W · 65 °C`, with only the readings NVML gave; empty when none."""
+    parts = []
+    if util is not None:
+        parts.append(f"{util:.0f}%")
+    if power_w is not None:
+        parts.append(f"{power_w:.0f} W")
+    if temp_c is not None:
+        parts.append(f"{temp_c:.0f} °C")
+    return " · ".join(parts)
 
 
 def _scaled(points: tuple[list[float], list[float]], scale: float) -> tuple[list[float], list[float]]:

@@ -3,7 +3,7 @@
     build_datasets(data: DataConfig, tokenizer, *, seed=42, cache_dir=None, num_proc=None, progress=None)
         -> DataBundle(train, eval, eval_examples, report): memory-mapped Arrow datasets (an
         IterableDataset for data.streaming), from the prepared-data cache when cache_dir has them
-    make_collator(tokenizer, *, packing, max_length) -> callable(list[dict]) -> dict[str, Tensor]
+    make_collator(tokenizer, *, packing, max_length, attn_implementation=None) -> callable(list[dict]) -> dict[str, Tensor]
     resolve_chat_template(tokenizer, data) -> str
     prompt_ids(tokenizer, messages, *, chat_template=None) -> list[int]
 

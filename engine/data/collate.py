@@ -1,12 +1,20 @@
-"""Batching: right-padded batches, or padding-free packing of several samples per row.
+"""Batching: right-padded batches, or padding-free packing of several samples per micro-batch.
 
-Packed rows carry `position_ids` that restart at 0 for every sample and NO attention_mask.
-transformers (5.x, masking_utils.find_packed_sequence_indices, called from create_causal_mask
-when attention_mask is None) reads sample boundaries from the position-id restarts and builds a
-block-diagonal causal mask for eager and sdpa; flash-attention-2 derives cu_seqlens from the same
-position ids. A 2-D attention_mask would switch that detection off, so a packed batch has none.
-Rows of unequal length are filled with a padding "sample" of its own (positions 0..k-1, labels
--100): it attends only to itself and nothing attends to it.
+How a packed micro-batch is laid out depends on the attention kernel (engine.attention):
+
+- flash_attention_2 and flex_attention: the samples end to end in ONE row, no padding
+  (FlatteningCollator, through transformers' DataCollatorWithFlattening). Flash attention gets the
+  sample boundaries (cu_seq_lens_q/k, max_length_q/k) from the collator: transformers infers them
+  from position ids only for a single row, and then syncs the host with the device in every layer.
+  flex_attention builds its document mask (a sparse BlockMask) from the restarting position ids.
+- sdpa and eager: rows of at most max_length tokens, each holding several samples
+  (PackingCollator), with `position_ids` that restart at 0 for every sample and NO attention_mask.
+  transformers (masking_utils.find_packed_sequence_indices, called from create_causal_mask when
+  attention_mask is None) reads the boundaries from the restarts and builds a block-diagonal causal
+  mask; a 2-D attention_mask would switch that detection off. Rows shorter than the longest are
+  filled with padding whose position ids repeat one value that no sample starts or continues with,
+  so that every padding token is a sequence of its own and the padding is told from real tokens
+  (engine.callback counts only those).
 
 Each sample's first label is set to -100 inside a pack: the causal-LM loss shifts labels by one,
 so the last token of one sample would otherwise be trained to predict the first token of the next.
@@ -15,6 +23,7 @@ Unpacked, that label is never used either, so packed and unpacked losses are the
 
 from __future__ import annotations
 
+from engine.attention import FLASH_KERNELS, FLATTENED_KERNELS
 from engine.data.render import IGNORE_INDEX
 
 
@@ -151,16 +160,49 @@ class PackingCollator:
             input_ids[r, :n] = torch.tensor(ids, dtype=torch.long)
             labels[r, :n] = torch.tensor(labs, dtype=torch.long)
             position_ids[r, :n] = torch.tensor(positions, dtype=torch.long)
-            position_ids[r, n:] = torch.arange(width - n)  # the padding is a sample of its own
+            # Padding: one position that neither starts a sample (0) nor continues the last one.
+            position_ids[r, n:] = 2 if positions[-1] == 0 else 1
         return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
-def make_collator(tokenizer, *, packing: bool, max_length: int):
-    """callable(list of {"input_ids", "labels"}) -> dict of LongTensors.
+def split_packed_row(input_ids, labels, position_ids):
+    """(input_ids, labels) of each sample in a row packed ahead, cut where the positions restart."""
+    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
+    return [(input_ids[a:b], labels[a:b]) for a, b in zip(starts, starts[1:])]
+
+
+class FlatteningCollator:
+    """Packed batch for padding-free kernels: every sample of the micro-batch end to end in one row
+    (input_ids, labels, position_ids of shape 1 x tokens), with the flash-attention boundaries
+    (cu_seq_lens_q/k, max_length_q/k) when `flash_kwargs`. Rows packed ahead are split back into
+    their samples first."""
+
+    def __init__(self, max_length: int, *, flash_kwargs: bool):
+        from transformers import DataCollatorWithFlattening
+
+        self.max_length = max_length
+        # separator_id: each sample's first label, which the shifted loss would otherwise predict
+        # from the previous sample's last token (see the module doc).
+        self.flatten = DataCollatorWithFlattening(return_flash_attn_kwargs=flash_kwargs, separator_id=IGNORE_INDEX)
+
+    def __call__(self, features: list[dict]) -> dict:
+        if "position_ids" in features[0]:  # rows packed ahead (data.packing_strategy: dataset)
+            samples = [s for f in features for s in split_packed_row(f["input_ids"], f["labels"], f["position_ids"])]
+        else:
+            samples = [(f["input_ids"][: self.max_length], f["labels"][: self.max_length]) for f in features]
+        return self.flatten([{"input_ids": list(ids), "labels": list(labels)} for ids, labels in samples])
+
+
+def make_collator(tokenizer, *, packing: bool, max_length: int, attn_implementation: str | None = None):
+    """callable(list of {"input_ids", "labels"}) -> dict of tensors.
 
     packing=False: input_ids, labels, attention_mask (right padding to the longest sample).
-    packing=True: the batch's samples packed into as few rows of <= max_length tokens as fit,
-    with input_ids, labels and position_ids — and deliberately no attention_mask (see module doc).
+    packing=True with a padding-free kernel (engine.attention.FLATTENED_KERNELS): one flattened row
+    (FlatteningCollator). packing=True otherwise: the batch's samples packed into as few rows of
+    <= max_length tokens as fit, with input_ids, labels and position_ids — and deliberately no
+    attention_mask (see module doc).
     """
+    if packing and attn_implementation in FLATTENED_KERNELS:
+        return FlatteningCollator(max_length, flash_kwargs=attn_implementation in FLASH_KERNELS)
     pad_id = _pad_id(tokenizer)
     return PackingCollator(pad_id, max_length) if packing else PaddingCollator(pad_id, max_length)

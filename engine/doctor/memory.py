@@ -6,8 +6,11 @@ Pure arithmetic (no torch): parameter counts from the config's shapes; weights b
 bitsandbytes quantization; adapter parameters by method, rank and target modules; gradients and
 optimizer states of the trainable parameters; the activations autograd keeps for the backward
 pass, tensor by tensor for a Llama-style decoder layer (norms, projections, rotary attention
-through a fused kernel, gated MLP), with and without gradient checkpointing; the logits and the
-fp32 cross-entropy, which dominate for large vocabularies; and the CUDA context. Each knob that
+through a fused kernel, gated MLP), with and without gradient checkpointing; the dense S×S mask
+that eager and sdpa get with padding or packing (flash and flex attention take the boundaries
+instead: attention_kernel); the logits and the fp32 cross-entropy, which dominate for large
+vocabularies, or on Liger's fused loss path only the hidden states' gradient and one chunk of
+logits (engine.kernels.loss_path); and the CUDA context. Each knob that
 makes a run fit (batch, max_length, gradient checkpointing, QLoRA, an 8-bit optimizer) is
 estimated the same way.
 
@@ -19,12 +22,16 @@ peak is set beside the estimate (`peak_record`, and LiveDoctor's "memory" findin
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.attention import FLATTENED_KERNELS
 from engine.distributed.world import memory_shards
+from engine.kernels import LIGER_LOSS, loss_path
 from presets.methods import METHODS, MemoryModel
 
 GiB = 1024**3
@@ -225,6 +232,31 @@ def _precision(preset, device: str) -> str:
     return "bf16" if device == "cuda" else "fp32"  # engine.models.resolve_precision (fp16 costs the same)
 
 
+def attention_kernel(preset, device: str = "cuda", *, device_kind=None) -> str:
+    """The attention kernel a run of `preset` uses on `device`: the preset's, or for auto engine.attention's
+    choice for its batch layout on `device_kind` (default: this machine's GPU when torch is already loaded
+    and sees one, else an Ampere-or-newer GPU with this environment's packages)."""
+    from engine.attention import AMPERE, DeviceKind, choose_attention
+
+    if device_kind is None:
+        if device != "cuda":
+            device_kind = DeviceKind(cuda=False)
+        elif "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+            device_kind = DeviceKind.detect()
+        else:  # a preflight on a machine without the GPU: never import torch for it
+            from presets.extras import is_installed
+
+            device_kind = DeviceKind(cuda=True, capability=AMPERE, flash_attn_installed=is_installed("flash_attn"), flex_available=True)
+    return choose_attention(preset.model.attn_implementation, packed=preset.data.packing, device=device_kind)[0]
+
+
+def _liger_chunk_rows(tokens: int, shape: ModelShape) -> int:
+    # Liger's fused_linear_cross_entropy_forward: chunks of about tokens / ceil(V / H) rows, to a power of two,
+    # so that a chunk of logits weighs about as much as the hidden states.
+    per_chunk = math.ceil(tokens / math.ceil(shape.vocab / shape.hidden))
+    return min(1 << max(per_chunk - 1, 0).bit_length(), tokens) if tokens else 0
+
+
 def _memory(preset) -> MemoryModel:
     return METHODS[preset.method.name].memory
 
@@ -398,14 +430,20 @@ def estimate_memory(
     seq_len: int | None = None,
     device: str = "cuda",
     suggest: bool = True,
+    attention: str | None = None,
+    loss: str | None = None,
 ) -> MemoryEstimate:
     """Peak GPU memory of training `preset` on the model described by `model_config` (config.json).
 
     `seq_len` (default data.max_length) is the padded length of a batch: the data report's longest
     sample, when known, is a closer bound than max_length. `gpu_free_bytes` enables `fits` and the
-    suggestions.
+    suggestions. `attention` (an attn_implementation) and `loss` (a loss path) default to what the
+    run would use (attention_kernel, engine.kernels.loss_path); a caller that knows, like bench/gpu_check.py, says.
     """
     shape = model_shape(model_config)
+    attention = attention or attention_kernel(preset, device)
+    # The config's model_type: whether Liger has kernels for it, without reading config.json again.
+    loss = loss or loss_path(preset, device == "cuda", model_type=shape.model_type)
     training, method, quant = preset.training, preset.method, preset.model.quantization
     precision = _precision(preset, device)
     weights_dtype = _weights_dtype(preset, precision)
@@ -422,12 +460,15 @@ def estimate_memory(
     # --- weights: linears of the decoder layers may be quantized; the rest never is.
     linear_params = shape.layers * shape.layer_linear_params
     other_params = shape.total_params - linear_params
+    # engine.models.prepare_kbit_training keeps the embeddings and the head in the loaded dtype and
+    # upcasts the other unquantized parameters (norms, biases) to fp32.
+    table_params = shape.embedding_params + shape.head_params
     if quant.mode == "4bit":
         per_weight = 0.5 + (1 / BNB_BLOCK + 4 / (BNB_BLOCK * BNB_DQ_BLOCK) if quant.double_quant else 4 / BNB_BLOCK)
-        # peft's prepare_model_for_kbit_training (engine.models) upcasts every other parameter to fp32.
-        weights = linear_params * per_weight + other_params * 4
+        weights = linear_params * per_weight + table_params * w + (other_params - table_params) * 4
     elif quant.mode == "8bit":
-        weights = linear_params * 1 + shape.layers * sum(l.count * l.out_features * 4 for l in shape.linears) + other_params * 4
+        weights = (linear_params * 1 + shape.layers * sum(l.count * l.out_features * 4 for l in shape.linears)
+                   + table_params * w + (other_params - table_params) * 4)
     else:
         weights = shape.total_params * w
 
@@ -466,8 +507,10 @@ def estimate_memory(
     else:
         trained = {linear.name for linear in adapted}
     lora_family = memory.kind == "lora"
-    # Batches are padded to their longest sample (a mask) unless a single sample fills the batch.
-    padded = batch > 1 or preset.data.packing
+    # Batches are padded to their longest sample (a mask) unless a single sample fills the batch. Flash and
+    # flex attention take the boundaries instead (cu_seq_lens, a sparse block mask): no dense S×S mask, and
+    # grouped-query attention without repeating k and v.
+    padded = (batch > 1 or preset.data.packing) and attention not in FLATTENED_KERNELS
     dtypes = _dtypes(precision=precision, weights=w, quantized=quant.mode != "none",
                      module_bytes=trainable_bytes if (full or freeze) else 4, device=device)
     per_layer = _activation_bytes_per_token(
@@ -494,12 +537,21 @@ def estimate_memory(
     activations = layer_activations + final_norm + cast_weights
     # What the forward pass leaves for the backward pass (the recomputed layer and the loss's
     # transients aside): what a saved-tensors hook counts, and the tests check.
-    saved_forward = activations - (per_layer * tokens if training.gradient_checkpointing else 0) + tokens * shape.vocab * 4
-    # Logits (compute dtype) → fp32 copy → log_softmax output kept; at the start of the backward
-    # pass the fp32 gradient of the loss and of log_softmax sit beside it: 12 bytes per logit.
-    logits = tokens * shape.vocab * 12
+    head_trains = full or (freeze and method.freeze.train_embeddings)
+    if loss == LIGER_LOSS:
+        # Liger's fused linear cross-entropy: the forward pass computes the hidden states' gradient (kept
+        # for the backward pass) chunk by chunk; only one chunk of logits (and its fp32 upcast) exists at once.
+        kept_for_loss = tokens * shape.hidden * dtypes.act
+        logits = kept_for_loss + _liger_chunk_rows(tokens, shape) * shape.vocab * (dtypes.act + 4)
+        logits += shape.vocab * shape.hidden * 4 if head_trains else 0  # its fp32 head gradient, made in the forward pass
+    else:
+        kept_for_loss = tokens * shape.vocab * 4  # log_softmax's fp32 output
+        # Logits (compute dtype) → fp32 copy → log_softmax output kept; at the start of the backward
+        # pass the fp32 gradient of the loss and of log_softmax sit beside it: 12 bytes per logit.
+        logits = tokens * shape.vocab * 12
+    saved_forward = activations - (per_layer * tokens if training.gradient_checkpointing else 0) + kept_for_loss
     # The adapter's and trained parameters' own gradient of the head arrives first in the backward pass.
-    head_grad = shape.vocab * shape.hidden * trainable_bytes if (full or (freeze and method.freeze.train_embeddings)) else 0
+    head_grad = shape.vocab * shape.hidden * trainable_bytes if head_trains else 0
 
     # Two candidate peaks: the start of the backward pass (every activation kept, the first
     # gradients arriving) and the optimizer step (every gradient, plus AdamW's temporary).
@@ -532,7 +584,8 @@ def estimate_memory(
         "activation_bytes_per_token_per_layer": int(per_layer), "peak_phase": "backward" if in_backward else "optimizer step",
         "all_gradients": int(gradients), "activations": int(activations), "logits": int(logits),
         "layer_activations": int(layer_activations), "cast_weights": int(cast_weights),
-        "saved_forward": int(saved_forward),
+        "saved_forward": int(saved_forward), "attention": attention, "loss_path": loss,
+        "attention_mask": int(mask_per_layer * (1 if training.gradient_checkpointing else grad_layers)),
         **adapter_notes,
     }
     estimate = MemoryEstimate(int(total), parts, details, gpu_free_bytes, gpu_total_bytes)
@@ -639,6 +692,8 @@ def suggestions(preset, model_config: dict, estimate: MemoryEstimate, *, seq_len
         candidates.append((f"{lighter.label} instead of {method.label}", {"method.name": lighter.name}))
     if training.optimizer in ("adamw", "paged_adamw_32bit"):
         candidates.append(("8-bit AdamW", {"training.optimizer": "adamw_8bit"}))
+    if device == "cuda" and estimate.details.get("loss_path") != LIGER_LOSS:
+        candidates.append(("Liger's fused loss (no full logits; needs liger-kernel)", {"training.kernels": "liger"}))
     out: list[Suggestion] = []
     combined: dict[str, Any] = {}
     for knob, changes in candidates:

@@ -80,6 +80,8 @@ def test_deepspeed_json_per_stage(stage, offload):
     # Offloaded optimizer state is stepped by DeepSpeed's CPU Adam, named in the config.
     assert ("optimizer" in config) == offload
     assert zero.get("stage3_gather_16bit_weights_on_model_save", False) == (stage == 3)
+    # The gradient reduce overlaps the backward (ZeRO-2/3 only: stage 1 keeps whole gradients).
+    assert zero.get("overlap_comm", False) == (stage >= 2)
 
 
 @pytest.mark.parametrize("stage,offload", [(2, False), (3, True), (1, False)])
@@ -124,30 +126,70 @@ def test_accelerate_reads_the_fsdp_sharding(tmp_path, sharding):
     args, env = accelerate_env(plan)
     assert args.use_fsdp and env["ACCELERATE_USE_FSDP"] == "true"
     plugin = fsdp_plugin(env)
-    assert plugin.sharding_strategy.name == sharding.upper()
+    if sharding in ("full_shard", "shard_grad_op"):
+        # FSDP2 expresses these two by whether the gathered weights are freed after the forward.
+        assert plugin.fsdp_version == 2
+        assert plugin.reshard_after_forward is (sharding == "full_shard")
+    else:  # FSDP2 cannot take these from accelerate's config: FSDP1 stays
+        assert plugin.fsdp_version == 1
+        assert plugin.sharding_strategy.name == sharding.upper()
     assert sharded_loading(env) == "fsdp"
 
 
-@pytest.mark.parametrize(
-    "method,orig_params",
-    [("lora", False), ("qlora", False), ("dora", False), ("full", True), ("freeze", True)],
-)
-def test_fsdp_wrap_and_orig_params(tmp_path, method, orig_params):
-    sections = {"method": {"name": method}}
-    if method == "qlora":
-        sections["model"] = {"path": "/models/base", "quantization": {"mode": "4bit"}}
-    preset = make_preset({"strategy": "fsdp", "num_processes": 2, "offload": True}, **sections)
+@pytest.mark.parametrize("method", ["lora", "dora", "full", "freeze"])
+def test_fsdp2_wrap_and_offload(tmp_path, method):
+    preset = make_preset({"strategy": "fsdp", "num_processes": 2, "offload": True}, method={"name": method})
     plan = prepare_launch(preset, tmp_path, env=GPUS, layer_class="LlamaDecoderLayer")
     _, env = accelerate_env(plan)
     plugin = fsdp_plugin(env)
-    # freeze trains some tensors of a decoder layer and not others: one flat tensor per layer
-    # cannot hold both, so those runs keep the original parameters.
-    assert plugin.use_orig_params is orig_params
-    assert plugin.cpu_offload.offload_params is True
+    # FSDP2 shards tensor by tensor, so freeze's mixed trainable/frozen layers need no special case.
+    assert plugin.fsdp_version == 2
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    assert isinstance(plugin.cpu_offload, CPUOffloadPolicy)
     assert env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
     assert env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer"
     assert "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
+    assert plugin.cpu_ram_efficient_loading
+
+
+def test_fsdp1_for_a_quantized_base(tmp_path):
+    preset = make_preset(
+        {"strategy": "fsdp", "num_processes": 2, "offload": True},
+        method={"name": "qlora"},
+        model={"path": "/models/base", "quantization": {"mode": "4bit"}},
+    )
+    plan = prepare_launch(preset, tmp_path, env=GPUS, layer_class="LlamaDecoderLayer")
+    _, env = accelerate_env(plan)
+    plugin = fsdp_plugin(env)
+    # The Trainer fits FSDP's mixed precision to the 4-bit storage dtype only under FSDP1.
+    assert plugin.fsdp_version == 1
+    assert plugin.use_orig_params is False  # PEFT's wrap policy makes uniform units: flat params
+    assert plugin.cpu_offload.offload_params is True
+    assert "SHARDED_STATE_DICT" in str(plugin.state_dict_type)
     assert plugin.cpu_ram_efficient_loading and plugin.sync_module_states
+
+
+@pytest.mark.parametrize("version_of", [{}, {"fsdp_sharding": "hybrid_shard"}])
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_fsdp_does_its_own_activation_checkpointing(tmp_path, version_of, checkpointing):
+    from engine.artifacts import RunArtifacts
+    from engine.train import training_arguments
+
+    preset = make_preset(
+        {"strategy": "fsdp", "num_processes": 2, **version_of}, training={"gradient_checkpointing": checkpointing}
+    )
+    plan = prepare_launch(preset, tmp_path, env=GPUS, layer_class="LlamaDecoderLayer")
+    _, env = accelerate_env(plan)
+    assert fsdp_plugin(env).activation_checkpointing is checkpointing
+    # The Trainer's own checkpointing stays off: it would add an all-gather in the backward, and
+    # transformers refuses both at once.
+    import torch
+
+    args = training_arguments(
+        preset, RunArtifacts(tmp_path / "run"), precision="fp32", device=torch.device("cpu"), steps=10, has_eval=False
+    )
+    assert args.activation_checkpointing is False
 
 
 def test_fsdp_size_wrap(tmp_path):

@@ -14,6 +14,7 @@ from engine.doctor.memory import (
     BNB_DQ_BLOCK,
     GiB,
     PeakWatch,
+    attention_kernel,
     estimate_memory,
     load_model_config,
     model_shape,
@@ -36,7 +37,8 @@ LLAMA_7B = {
 def make_preset(**changes):
     data = {
         "name": "memory-test",
-        "model": {"path": "Qwen/Qwen2.5-0.5B"},
+        # sdpa: padded batches keep a dense mask whatever flash-attn this machine has (auto: its own test).
+        "model": {"path": "Qwen/Qwen2.5-0.5B", "attn_implementation": "sdpa"},
         "method": {"name": "lora", "lora": {"r": 8, "dropout": 0.0, "target_modules": "all-linear"}},
         "data": {"train_files": ["train.json"], "max_length": 512},
         "training": {"batch_size": 1},
@@ -94,8 +96,10 @@ def test_qlora_weights_by_hand_with_and_without_double_quant():
         preset = make_preset(**{"method.name": "qlora", "model.quantization.mode": "4bit",
                                 "model.quantization.double_quant": double_quant})
         weights = estimate_memory(preset, QWEN_05B).parts["weights"]
-        # 4 bits per linear weight + block constants; peft upcasts every other parameter to fp32.
-        assert weights == int(linear * (0.5 + constants) + other * 4)
+        # 4 bits per linear weight + block constants; the (tied) embedding stays bf16 (engine.models.
+        # prepare_kbit_training), the norms and biases are upcast to fp32.
+        embedding = 151936 * 896
+        assert weights == int(linear * (0.5 + constants) + embedding * 2 + (other - embedding) * 4)
 
 
 # --------------------------------------------------------------------------- directions of the knobs
@@ -397,3 +401,72 @@ def test_estimate_within_20_percent_of_the_measured_peak(case, tmp_path):
     estimate = estimate_memory(preset, json.loads((model_dir / "config.json").read_text()), seq_len=512)
     print(f"{case}: estimated {estimate.torch_bytes / GiB:.2f} GiB, measured {sink.peak / GiB:.2f} GiB")
     assert sink.peak == pytest.approx(estimate.torch_bytes, rel=0.20)
+
+
+# --------------------------------------------------------------------------- attention kernel and loss path
+
+
+def test_flash_and_flex_attention_drop_the_dense_mask_by_hand():
+    """Issue 18: flash and flex attention take the boundaries, so no B×S×S mask and no repeated k/v."""
+    preset = make_preset(**{"training.batch_size": 8, "data.max_length": 1024})
+    sdpa = estimate_memory(preset, QWEN_05B, attention="sdpa")
+    # The dense bf16 mask each of the 24 layers keeps for its backward pass: 8 × 1024 × 1024 × 2 bytes.
+    mask = 24 * 8 * 1024 * 1024 * 2
+    assert sdpa.details["attention_mask"] == mask == 402_653_184
+    # With a mask, transformers repeats k and v to all 14 heads (q width 896) instead of keeping 2 (128):
+    # 2 tensors × (896 - 128) × 2 bytes per token and layer.
+    repeat_kv = 24 * 8 * 1024 * 2 * (896 - 128) * 2
+    for kernel in ("flash_attention_2", "flex_attention"):
+        maskless = estimate_memory(preset, QWEN_05B, attention=kernel)
+        assert maskless.details["attention"] == kernel and maskless.details["attention_mask"] == 0
+        assert sdpa.details["activations"] - maskless.details["activations"] == mask + repeat_kv
+    # Packing with sdpa keeps the block-diagonal mask even at batch 1; flash does not need one.
+    packed = make_preset(**{"data.max_length": 1024, "data.packing": True})
+    assert estimate_memory(packed, QWEN_05B, attention="sdpa").details["attention_mask"] == 24 * 1024 * 1024 * 2
+    assert estimate_memory(packed, QWEN_05B, attention="flash_attention_2").details["attention_mask"] == 0
+    assert estimate_memory(packed, QWEN_05B, attention="eager").details["attention_mask"] == 24 * 1024 * 1024 * 2
+
+
+def test_fused_loss_materialises_no_full_logits_by_hand():
+    """Issue 18: the built-in lora preset's shape on Qwen2.5-0.5B needs ~14.9 GB for logits on the plain path."""
+    preset = make_preset(**{"training.batch_size": 8, "data.max_length": 1024})
+    plain = estimate_memory(preset, QWEN_05B, attention="sdpa", loss="plain")
+    tokens = 8 * 1024
+    assert plain.details["logits"] == tokens * 151936 * 12 == 14_935_916_544  # the issue's 14.9 GB
+    fused = estimate_memory(preset, QWEN_05B, attention="sdpa", loss="liger_fused_linear_cross_entropy")
+    # Liger: the hidden states' bf16 gradient (tokens × 896 × 2) plus one chunk of logits in bf16 and fp32;
+    # chunk rows = next power of two of ceil(8192 / ceil(151936 / 896)) = ceil(8192 / 170) = 49 → 64.
+    fused_logits = tokens * 896 * 2 + 64 * 151936 * (2 + 4)
+    assert fused.details["logits"] == fused_logits == 73_023_488
+    assert fused.details["loss_path"] == "liger_fused_linear_cross_entropy"
+    assert fused.parts["logits"] == fused_logits and plain.parts["logits"] == 14_935_916_544
+    # Everything else is the same; the allocator's 5 % follows the torch total.
+    same = ("weights", "adapter", "optimizer", "gradients", "activations")
+    assert all(fused.parts[k] == plain.parts[k] for k in same)
+    assert plain.total_bytes - fused.total_bytes == pytest.approx((14_935_916_544 - fused_logits) * 1.05, abs=2)
+    # What the forward pass leaves for the backward pass: the gradient of the hidden states, not log_softmax's output.
+    assert plain.details["saved_forward"] - fused.details["saved_forward"] == tokens * 151936 * 4 - tokens * 896 * 2
+
+
+def test_the_estimate_follows_the_preset_kernels_by_default():
+    preset = make_preset(**{"training.batch_size": 8, "data.max_length": 1024, "model.attn_implementation": "flash_attention_2"})
+    estimate = estimate_memory(preset, QWEN_05B)
+    assert estimate.details["attention"] == "flash_attention_2" and estimate.details["attention_mask"] == 0
+    on_cpu = estimate_memory(make_preset(), QWEN_05B, device="cpu")
+    assert on_cpu.details["loss_path"] == "plain"  # Liger's kernels are Triton: CUDA only
+
+
+def test_auto_attention_is_the_engine_choice_for_the_batch_layout():
+    from engine.attention import DeviceKind
+
+    hopper = DeviceKind(cuda=True, capability=(9, 0), flash_attn_installed=False, flex_available=True)
+    packed = make_preset(**{"model.attn_implementation": "auto", "data.packing": True, "data.max_length": 1024})
+    padded = make_preset(**{"model.attn_implementation": "auto", "training.batch_size": 8, "data.max_length": 1024})
+    assert attention_kernel(packed, "cuda", device_kind=hopper) == "flex_attention"
+    assert attention_kernel(padded, "cuda", device_kind=hopper) == "sdpa"
+    with_flash = DeviceKind(cuda=True, capability=(9, 0), flash_attn_installed=True, flex_available=True)
+    assert attention_kernel(padded, "cuda", device_kind=with_flash) == "flash_attention_2"
+    assert attention_kernel(packed, "cpu") == "sdpa"  # flex has no CPU backward
+    # The estimate follows: no mask for the packed run on that GPU.
+    flex = estimate_memory(packed, QWEN_05B, attention=attention_kernel(packed, "cuda", device_kind=hopper))
+    assert flex.details["attention_mask"] == 0

@@ -15,6 +15,17 @@ from tui.widgets.text_line import TextLine
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
 
+def gpu_text(gpu, *, health: bool = True) -> str:
+    """`GPU0 87% 5.0/24.0 GiB 250W 65°C`: utilisation, memory, power, temperature (those NVML reports)."""
+    util = f" {gpu.util}%" if health and gpu.util is not None else ""
+    text = f"GPU{gpu.index}{util} {fmt.gib(gpu.used)}/{fmt.gib(gpu.total)} GiB"
+    if health and gpu.power_w is not None:
+        text += f" {gpu.power_w:.0f}W"
+    if health and gpu.temp_c is not None:
+        text += f" {gpu.temp_c}°C"
+    return text
+
+
 class StatusLine(TextLine):
     """Redrawn after every poll (the app's state_signal); reads the app's latest state."""
 
@@ -42,9 +53,12 @@ class StatusLine(TextLine):
 
     def line(self) -> Content:
         """What fits the width, whole: on a narrow terminal the engine's pid and the "tunebench ›"
-        prefix go first, then the queue length, then the GPU figures; what is left is never cut."""
+        prefix go first, then the GPUs' utilisation, power and temperature, then the queue length,
+        then the GPU memory; what is left is never cut."""
         room = self.content_region.width or 10**6
-        for drop in ((), ("pid",), ("pid", "app"), ("pid", "app", "queue"), ("pid", "app", "queue", "gpu")):
+        drops = ((), ("pid",), ("pid", "app"), ("pid", "app", "health"), ("pid", "app", "health", "queue"),
+                 ("pid", "app", "health", "queue", "gpu"))
+        for drop in drops:
             line = Content(" │ ").join(part for _, part in self._parts(drop))
             if line.cell_length <= room:
                 return line
@@ -70,7 +84,7 @@ class StatusLine(TextLine):
         elif not gpus:
             parts.append(("gpu", Content("CPU")))
         else:
-            parts.append(("gpu", Content(" ".join(f"GPU{g.index} {fmt.gib(g.used)}/{fmt.gib(g.total)} GiB" for g in gpus))))
+            parts.append(("gpu", Content(" ".join(gpu_text(g, health="health" not in drop) for g in gpus))))
         if app.overview is not None and "queue" not in drop:
             parts.append(("queue", Content(f"queue {app.overview.queue_length}")))
         frame = SPINNER[app.ticks % len(SPINNER)]
