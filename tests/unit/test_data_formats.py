@@ -420,3 +420,73 @@ def test_prompt_ids_match_transformers_and_training(tokenizer, demo_data_file):
     assert first["input_ids"][: len(ids)] == ids
     assert all(label == IGNORE_INDEX for label in first["labels"][: len(ids)])
     assert first["labels"][len(ids)] != IGNORE_INDEX  # the answer starts right after the prompt
+
+
+# --------------------------------------------------------------------------- the fast encoding path
+
+TOOL_TEMPLATE = (  # reads tools, tool calls and reasoning, as tool-capable Hub templates do
+    "{% if tools %}<|im_start|>system\n{{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m.reasoning_content %}<think>{{ m.reasoning_content }}</think>{% endif %}{{ m['content'] or '' }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Oslo?"},
+    {"role": "assistant", "content": "", "thinking": "call the tool",
+     "tool_calls": [{"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}]},
+    {"role": "tool", "content": "{\"temp\": 3}"},
+    {"role": "assistant", "content": "3 °C.", "reasoning": None},
+]
+TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+
+
+@pytest.mark.parametrize("template", ["chatml", "llama3", "qwen2", "mistral", "alpaca", TOOL_TEMPLATE, HISTORY_DIFFERS_TEMPLATE])
+def test_renderer_renders_what_transformers_renders(tokenizer, template):
+    # ChatRenderer calls the compiled template itself, converting a conversation once for all its
+    # prefixes: every rendering must be render_jinja_template's, prefix by prefix.
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from engine.data.render import ChatRenderer, template_for
+
+    text = template_for(tokenizer, template).text
+    renderer = ChatRenderer(tokenizer, text)
+    messages, tools = renderer.prepare(CONVERSATION, TOOLS)
+    for end in range(1, len(messages) + 1):
+        for generation in (False, True):
+            expected, _ = render_jinja_template(conversations=[messages[:end]], tools=tools, chat_template=text,
+                                                add_generation_prompt=generation, **renderer.special_tokens)
+            assert renderer.render(messages[:end], tools, add_generation_prompt=generation) == expected[0]
+
+
+def test_tokenize_many_calls_the_rust_tokenizer_only_where_that_is_the_same_call(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from engine.data.render import _direct_backend, tokenize_many
+
+    texts = ["<|im_start|>user\nHello there<|im_end|>\n", "", "  spaced\n\n text "]
+    fresh = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert _direct_backend(fresh) is not None
+    assert tokenize_many(fresh, texts) == fresh(texts, add_special_tokens=False)["input_ids"]
+
+    fresh._tokenizer.enable_truncation(max_length=3)  # the tokenizer's call would turn it off first
+    assert _direct_backend(fresh) is None
+    assert tokenize_many(fresh, texts) == AutoTokenizer.from_pretrained(tiny_model_dir)(texts, add_special_tokens=False)["input_ids"]
+
+    splitting = AutoTokenizer.from_pretrained(tiny_model_dir)
+    splitting.split_special_tokens = True
+    assert _direct_backend(splitting) is None  # the backend keeps special tokens whole until the next call
+    assert tokenize_many(splitting, texts[:1]) == splitting(texts[:1], add_special_tokens=False)["input_ids"]
+    assert tokenize_many(splitting, texts[:1]) != tokenize_many(fresh, texts[:1])
+
+
+def test_both_tokenising_paths_give_the_same_rows(tokenizer, shared_datasets, monkeypatch):
+    import engine.data.render as render
+
+    data = DataConfig(train_files=[str(shared_datasets / "sharegpt_toolcall_sample.json")], val_ratio=0.1)
+    direct = build_datasets(data, tokenizer, num_proc=1)
+    monkeypatch.setattr(render, "_direct_backend", lambda tokenizer: None)
+    called = build_datasets(data, tokenizer, num_proc=1)
+    assert direct.train[:] == called.train[:] and direct.eval[:] == called.eval[:]
+    assert direct.report == called.report
