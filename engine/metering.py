@@ -33,15 +33,20 @@ def _device_uuid(device) -> str | None:
     return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
+def _nvml_uuid(device) -> str | None:
+    """The UUID NVML knows a CUDA device by; None off CUDA or when torch cannot describe it."""
+    if device is None or device.type != "cuda":
+        return None
+    try:
+        return _device_uuid(device)
+    except Exception:  # torch cannot describe the device: leave it out
+        return None
+
+
 def nvml_memory(device) -> dict[str, float]:
     """Bytes used and total on the device, all processes together (NVML), found by UUID so that
     CUDA_VISIBLE_DEVICES and MIG slices map to the right device."""
-    if device is None or device.type != "cuda":
-        return {}
-    try:
-        uuid = _device_uuid(device)
-    except Exception:  # torch cannot describe the device: leave it out
-        return {}
+    uuid = _nvml_uuid(device)
     reading = gpu_memory_used(uuid) if uuid is not None else None
     if reading is None:  # no NVML library, no permission, a MIG slice NVML cannot query: leave it out
         return {}
@@ -51,12 +56,7 @@ def nvml_memory(device) -> dict[str, float]:
 
 def nvml_health(device) -> dict[str, float]:
     """Utilisation %, power (W) and temperature (°C) of the device, those NVML reports."""
-    if device is None or device.type != "cuda":
-        return {}
-    try:
-        uuid = _device_uuid(device)
-    except Exception:  # torch cannot describe the device: leave it out
-        return {}
+    uuid = _nvml_uuid(device)
     health = gpu_health(uuid) if uuid is not None else None
     if health is None:
         return {}
