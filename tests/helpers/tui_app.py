@@ -8,6 +8,7 @@ import functools
 import math
 
 from textual.widgets import DataTable
+from textual.worker import WorkerCancelled
 
 from jobs.store import Store
 from jobs.workspace import Workspace
@@ -95,13 +96,23 @@ async def settle(pilot, rounds: int = 3) -> None:
     """Let messages, workers and the messages they post run to the end, and tables lay out."""
     for _ in range(rounds):
         await pilot.pause()
-        await pilot.app.workers.wait_for_complete()
+        await _workers_ended(pilot.app)
     await pilot.pause()
     for _ in range(100):
         if not _tables_pending_layout(pilot.app):
             return
         await pilot.pause()
     raise AssertionError("a DataTable never laid out its new rows and cells")
+
+
+async def _workers_ended(app) -> None:
+    """Every worker to its end. A worker cancelled meanwhile has ended too: Textual cancels a screen's
+    workers when the screen closes (a run that completes opens another screen in its place)."""
+    for worker in list(app.workers):
+        try:
+            await worker.wait()
+        except WorkerCancelled:
+            pass
 
 
 def _tables_pending_layout(app) -> bool:
