@@ -7,7 +7,6 @@ run folder is --output, or a new folder under the workspace's runs/.
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import threading
 import time
@@ -29,16 +28,10 @@ def register(subparsers) -> None:
     tiny.set_defaults(handler=_make_tiny_model)
 
 
-def _format_metric(value: float) -> str:
-    if not math.isfinite(value):
-        return str(value)
-    return f"{value:.4g}"
-
-
 def console_sink(out, progress):
     """A Sink that drives a Rich progress bar (step/total, ETA, loss, tokens/s) and prints events,
     checkpoints and findings above it. Built here because tui imports engine only inside functions."""
-    from engine.sink import Sink
+    from engine.sink import Sink, format_figure
 
     class ConsoleSink(Sink):
         def __init__(self, out, progress):
@@ -79,12 +72,12 @@ def console_sink(out, progress):
 
         def metrics(self, step, values):
             if "loss" in values:
-                self.status["loss"] = _format_metric(values["loss"])
+                self.status["loss"] = format_figure(values["loss"])
             if "tokens_per_s" in values:
                 self.status["tok_s"] = f"{values['tokens_per_s']:,.0f}"
             if "eval_loss" in values:
-                self.status["eval"] = f"eval {_format_metric(values['eval_loss'])}"
-                self.out.print(f"step {step}: eval_loss {_format_metric(values['eval_loss'])}  ppl {_format_metric(values['eval_ppl'])}")
+                self.status["eval"] = f"eval {format_figure(values['eval_loss'])}"
+                self.out.print(f"step {step}: eval_loss {format_figure(values['eval_loss'])}  ppl {format_figure(values['eval_ppl'])}")
             self._refresh(step)
 
         def event(self, level, text, step=None):
