@@ -25,6 +25,7 @@ OPTIONAL = {
     "deepspeed": ("deepspeed", "deepspeed"),
     "flash_attn": ("flash-attn", "flash"),
     "mergekit": ("mergekit", "merge"),
+    "trl": ("trl", "preference"),
 }
 
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from presets.methods import LORA_INITS, METHODS, lora_init, method_names, methods_with
+from presets.stages import STAGES, stage_names
 
 Dtype = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -45,6 +46,10 @@ class ModelConfig(Section):
         "Ampere+ GPUs with flash-attn, flex_attention for packed batches on GPUs without it, else sdpa (the run's events say which)"
     )
     trust_remote_code: bool = Field(False, description="run modelling code shipped with the model (only for models you trust)")
+    start_from: str | None = Field(
+        None, description="start from an earlier result: a run id (its final adapter or model), or an adapter or model "
+        "folder; an adapter is trained on, a full model replaces path (how DPO usually follows SFT)"
+    )
 
 
 # --------------------------------------------------------------------------- method
@@ -291,6 +296,40 @@ class TrainingConfig(Section):
         return value
 
 
+StageName = Literal[stage_names()]  # presets/stages.py is the table of stages
+
+
+class PreferenceConfig(Section):
+    beta: float | None = Field(
+        None, gt=0, description="strength of the preference term (DPO/KTO: how far from the reference; SimPO: reward "
+        "scale; ORPO: weight of the odds ratio); None = the stage's usual value: " + ", ".join(
+            f"{name} {stage.default_beta}" for name, stage in STAGES.items() if stage.default_beta is not None)
+    )
+    loss_type: str | None = Field(
+        None, description="dpo: sigmoid (the paper's), ipo, hinge or robust; None = sigmoid"
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="dpo/simpo: assumed share of flipped labels (conservative DPO)")
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin (gamma / beta ratio as in TRL)")
+    desirable_weight: float = Field(1.0, gt=0, description="kto: weight of the good answers' loss")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto: weight of the bad answers' loss (raise it when they are fewer)")
+    ref_model: Literal["auto", "none"] = Field(
+        "auto", description="auto = the stage's reference: the base with the adapter switched off (adapters) or a frozen "
+        "copy (full, freeze); none = no reference (orpo and simpo need none)"
+    )
+    max_prompt_length: int | None = Field(None, ge=1, description="tokens kept of each prompt (its start is cut); None = data.max_length / 2")
+
+
+class ProbesConfig(Section):
+    prompts: list[str] = Field(default_factory=list, description="prompts answered greedily at each checkpoint save")
+    file: str | None = Field(None, description="a file of probe prompts: one a line (.txt) or a JSON list / JSONL of strings")
+    max_new_tokens: int = Field(48, ge=1, le=1024, description="tokens generated per probe answer")
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _listify(cls, value):
+        return _as_list(value) if value is not None else []
+
+
 class DoctorConfig(Section):
     stop_on_nan: bool = Field(True, description="stop the run when loss or grad_norm is NaN/Inf")
     stop_on_divergence: bool = Field(False, description="stop the run when the doctor reports divergence")
@@ -342,6 +381,36 @@ class TrainPreset(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="optimisation, evaluation and checkpointing")
     doctor: DoctorConfig = Field(default_factory=DoctorConfig, description="what the training doctor may stop")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="multi-GPU and multi-node launch")
+    stage: StageName = Field("sft", description="what is optimised: " + "; ".join(f"{name} = {stage.summary}" for name, stage in STAGES.items()))
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="the preference stages' settings (dpo, orpo, kto, simpo)")
+    probes: ProbesConfig = Field(default_factory=ProbesConfig, description="prompts answered at every checkpoint (the probes timeline)")
+
+    @model_validator(mode="after")
+    def _stage_fits(self):
+        """Preference stages: the methods they train and the settings they take."""
+        stage = STAGES[self.stage]
+        pref = self.preference
+        if not stage.is_preference:
+            return self
+        from presets.extras import is_installed, missing_message
+
+        if not is_installed("trl"):  # here, not after the queue has loaded a model
+            raise ValueError(missing_message("trl", f"stage {self.stage}"))
+        if METHODS[self.method.name].family == "prompt":
+            raise ValueError(
+                f"stage {self.stage} trains full, freeze, LoRA-family or QLoRA methods, not {self.method.name}: "
+                "prompt-learning adapters add virtual tokens that TRL's preference losses do not place"
+            )
+        if pref.loss_type is not None and pref.loss_type not in stage.loss_types:
+            takes = f"takes {', '.join(stage.loss_types)}" if stage.loss_types else "has one loss and takes no preference.loss_type"
+            raise ValueError(f"preference.loss_type {pref.loss_type}: stage {self.stage} {takes}")
+        if self.data.packing:
+            raise ValueError(f"stage {self.stage} trains on whole pairs: data.packing does not apply (set packing: false)")
+        return self
+
+    def beta(self) -> float | None:
+        """preference.beta, or the stage's usual value."""
+        return self.preference.beta if self.preference.beta is not None else STAGES[self.stage].default_beta
 
     @model_validator(mode="after")
     def _method_fits_quantization(self):
