@@ -316,7 +316,6 @@ class PreferenceConfig(Section):
         "auto", description="auto = the stage's reference: the base with the adapter switched off (adapters) or a frozen "
         "copy (full, freeze); none = no reference (orpo and simpo need none)"
     )
-    max_prompt_length: int | None = Field(None, ge=1, description="tokens kept of each prompt (its start is cut); None = data.max_length / 2")
 
 
 class ProbesConfig(Section):

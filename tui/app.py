@@ -52,6 +52,9 @@ NAVIGATION: list[NavScreen] = [
     NavScreen("evals", "tui.screens.evals:EvalsScreen", "4", "Evals", needs_run=True),
     NavScreen("chat", "tui.screens.chat:ChatScreen", "5", "Chat"),
     NavScreen("dashboard", "tui.screens.dashboard:DashboardScreen", "", "Dashboard", needs_run=True),
+    NavScreen("data", "tui.screens.data:DataScreen", "6", "Data"),
+    NavScreen("samples", "tui.screens.samples:SamplesScreen", "7", "Samples", needs_run=True),
+    NavScreen("probes", "tui.screens.probes:ProbesScreen", "8", "Probes", needs_run=True),
 ]
 # Screens that replace the stack above Runs instead of stacking on top of what is open.
 TOP_LEVEL = ("runs", "presets")

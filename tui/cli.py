@@ -24,6 +24,10 @@ COMMAND_MODULES = [
     "tui.commands.store_cmd",
     "tui.commands.cache_cmd",
     "tui.commands.push_cmd",
+    "tui.commands.compare_cmd",
+    "tui.commands.samples_cmd",
+    "tui.commands.probes_cmd",
+    "tui.commands.wait_cmd",
 ]
 
 
