@@ -4,9 +4,11 @@
     runs/<id>/checkpoints/checkpoint-<step>/  Trainer checkpoints (adapter or model + optimizer state)
     runs/<id>/final/                          the result: PEFT adapter or full model, with tokenizer
     runs/<id>/metrics.jsonl                   every metric, event, checkpoint record
+    runs/<id>/probes.jsonl                    the probes' answers at each save (engine/probes.py)
     runs/<id>/run.log                         the job's log
     runs/<id>/evals/<eval-run-id>/            evaluation results (JSON, Markdown)
     runs/<id>/merged/<merge-run-id>/          merged models
+    runs/<id>/samples/step-<N>.jsonl          per-sample losses (engine.sample_loss; step 0 = the base model)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ PRESET_FILE = "preset.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "final"
 METRICS_FILE = "metrics.jsonl"
+PROBES_FILE = "probes.jsonl"
 LOG_FILE = "run.log"
 # A file inside checkpoints/checkpoint-<step>/ that the user marked keep: the keep policy never prunes it.
 KEEP_MARKER = "tunebench-keep"
@@ -77,6 +80,10 @@ class RunArtifacts:
     @property
     def metrics_file(self) -> Path:
         return self.run_dir / METRICS_FILE
+
+    @property
+    def probes_file(self) -> Path:
+        return self.run_dir / PROBES_FILE
 
     @property
     def log_file(self) -> Path:

@@ -28,6 +28,7 @@ from engine.metering import memory_metrics
 from engine.sink import Sink
 from presets.methods import METHODS
 from presets.schema import TrainPreset
+from presets.stages import PREFERENCE_METRICS
 
 _EVAL_NOISE = 1e-6  # an eval loss must improve by more than this to count as better
 # A test hook (jobs.control.submit(park_at_step=N) sets it): training waits after step N, its
@@ -48,6 +49,16 @@ def checkpoint_eval_loss(path: Path) -> float | None:
         if entry.get("step") == step and "eval_loss" in entry:
             return float(entry["eval_loss"])
     return None
+
+
+def _preference_values(logs: dict, prefix: str = "") -> dict[str, float]:
+    """The preference stages' metrics TRL adds to its logs (rewards, log-probs, KL), by their TRL names."""
+    values = {}
+    for name in PREFERENCE_METRICS:
+        value = logs.get(prefix + name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values[prefix + name] = float(value)
+    return values
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -96,6 +107,11 @@ class EngineCallback(TrainerCallback):
 
     def count_batch(self, inputs: dict) -> None:
         """Called by the trainer for every micro-batch; adds on the device, never reads back."""
+        if "input_ids" not in inputs:
+            # ORPO / CPO batches: each side is a whole sequence (prompt included) with its own mask.
+            sides = [inputs[key] for key in ("chosen_attention_mask", "rejected_attention_mask") if key in inputs]
+            self._add(sum(mask.sum() for mask in sides), sum(mask.shape[0] for mask in sides))
+            return
         mask = inputs.get("attention_mask")
         ids = inputs["input_ids"]
         positions = inputs.get("position_ids")
@@ -110,6 +126,9 @@ class EngineCallback(TrainerCallback):
         else:
             tokens = mask.sum() if mask is not None else ids.numel()
             samples = ids.shape[0]
+        self._add(tokens, samples)
+
+    def _add(self, tokens, samples) -> None:
         self._tokens = tokens if self._tokens is None else self._tokens + tokens
         self._samples = samples if self._samples is None else self._samples + samples
 
@@ -213,6 +232,7 @@ class EngineCallback(TrainerCallback):
         }
         if "grad_norm" in logs and logs["grad_norm"] is not None:
             values["grad_norm"] = float(logs["grad_norm"])
+        values.update(_preference_values(logs))
         values.update(
             self._flops_metrics(
                 values["tokens_per_s"], self._tokens_flushed - self._last_log_tokens, self._samples_flushed - self._last_log_samples
@@ -273,6 +293,7 @@ class EngineCallback(TrainerCallback):
         eval_loss = float(metrics["eval_loss"])
         self._excluded_time += float(metrics.get("eval_runtime", 0.0))
         values = {"eval_loss": eval_loss, "eval_ppl": math.exp(eval_loss) if eval_loss < 700 else math.inf}
+        values.update(_preference_values(metrics, prefix="eval_"))
         self.latest.update(values)
         self.eval_at_step[state.global_step] = eval_loss
         self.sink.metrics(state.global_step, values)

@@ -2,6 +2,7 @@
 
 Small and closed, so a tiny model can learn it in a couple of CPU minutes and the difference
 between the base (random weights: it babbles) and the fine-tune (it answers) is plain to see.
+The preference demo asks the same questions, with the right answer chosen and a wrong capital rejected.
 """
 
 from __future__ import annotations
@@ -58,3 +59,43 @@ def write_demo_dataset(path: str | Path) -> Path:
     tmp.write_text(json.dumps(demo_rows(), indent=1, ensure_ascii=False), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+# demo-dpo asks the way round the SFT demo did not teach: the tiny model learned "The capital of X is
+# Y." and, as language models do, did not learn its reverse, so at the start it ranks the right
+# country and a wrong one about evenly. Each training pair sets the right answer against one wrong
+# country; the validation pairs ask the same questions against a wrong country no training pair
+# names, so they measure the preference for the right answer rather than the rejected words.
+REVERSE_QUESTION = "Which country has {capital} as its capital?"
+REVERSE_ANSWER = "{capital} is the capital of {country}."
+DEMO_PAIRS_PER_QUESTION = 4
+
+
+def demo_preference_rows(seed: int = 0, pairs_per_question: int = DEMO_PAIRS_PER_QUESTION) -> tuple[list[dict], list[dict]]:
+    """(training, validation) pairs in TRL's prompt / chosen / rejected layout, one validation pair
+    and `pairs_per_question` training pairs a country. Deterministic by `seed` (the wrong countries)."""
+    rng = random.Random(seed)
+    countries = list(CAPITALS)
+    train, val = [], []
+    for country in countries:
+        capital = CAPITALS[country]
+        wrong = rng.sample([c for c in countries if c != country], pairs_per_question + 1)
+        rows = [{"prompt": REVERSE_QUESTION.format(capital=capital),
+                 "chosen": REVERSE_ANSWER.format(capital=capital, country=country),
+                 "rejected": REVERSE_ANSWER.format(capital=capital, country=other)} for other in wrong]
+        train += rows[:-1]
+        val.append(rows[-1])
+    return train, val
+
+
+def write_demo_preference_dataset(train_path: str | Path, val_path: str | Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write the demo pairs as JSON (training and held-out validation files) and return their paths."""
+    train, val = demo_preference_rows(seed)
+    paths = []
+    for path, rows in ((Path(train_path), train), (Path(val_path), val)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+        paths.append(path)
+    return paths[0], paths[1]

@@ -141,6 +141,62 @@ def eval_loss(model, rows, collator, batch_size: int, progress: _Progress | None
     return {"eval_loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf, "tokens": tokens}
 
 
+def completion_logps(model, tokenizer, prompts: list[str], completions: list[str], batch_size: int,
+                     progress: _Progress | None = None) -> list[float]:
+    """Sum of log p(token) over each completion's tokens given its prompt (rendered text, as TRL
+    tokenizes it: the completion starts where prompt and prompt + completion tokenize apart)."""
+    import torch
+
+    device = _device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = []
+    for prompt, completion in zip(prompts, completions):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        full = tokenizer(prompt + completion)["input_ids"]
+        start = next((i for i, (a, b) in enumerate(zip(prompt_ids, full)) if a != b), min(len(prompt_ids), len(full)))
+        encoded.append((full, max(start, 1)))
+    scores = [0.0] * len(encoded)
+    ordered = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    with torch.no_grad():
+        for first in range(0, len(ordered), batch_size):
+            chunk = ordered[first:first + batch_size]
+            width = max(len(encoded[i][0]) for i in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            scored = torch.zeros((len(chunk), width), dtype=torch.bool)
+            for row, i in enumerate(chunk):
+                full, start = encoded[i]
+                ids[row, :len(full)] = torch.tensor(full)
+                mask[row, :len(full)] = 1
+                scored[row, start:len(full)] = True
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -width:].float()
+            token_logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].to(device).unsqueeze(-1)).squeeze(-1)
+            sums = (token_logps * scored[:, 1:].to(device)).sum(dim=1)
+            for row, i in enumerate(chunk):
+                scores[i] = float(sums[row])
+            if progress:
+                progress.advance()
+    return scores
+
+
+def preference_scores(model, tokenizer, rows, batch_size: int, progress: _Progress | None = None) -> dict[str, float]:
+    """How a model ranks the validation pairs: preference accuracy (the chosen answer more likely
+    than the rejected one), the mean margin in log-probability, and each side's mean. Unpaired
+    (KTO) rows: the margin is between the mean desirable and the mean undesirable answer."""
+    if "chosen" in rows.column_names:
+        chosen = completion_logps(model, tokenizer, rows["prompt"], rows["chosen"], batch_size, progress)
+        rejected = completion_logps(model, tokenizer, rows["prompt"], rows["rejected"], batch_size, progress)
+        margins = [c - r for c, r in zip(chosen, rejected)]
+        return {"accuracy": sum(m > 0 for m in margins) / len(margins), "margin": sum(margins) / len(margins),
+                "chosen_logp": sum(chosen) / len(chosen), "rejected_logp": sum(rejected) / len(rejected), "pairs": len(margins)}
+    logps = completion_logps(model, tokenizer, rows["prompt"], rows["completion"], batch_size, progress)
+    good = [lp for lp, label in zip(logps, rows["label"]) if label]
+    bad = [lp for lp, label in zip(logps, rows["label"]) if not label]
+    mean = lambda values: sum(values) / len(values) if values else None  # noqa: E731
+    margin = mean(good) - mean(bad) if good and bad else None
+    return {"accuracy": None, "margin": margin, "chosen_logp": mean(good), "rejected_logp": mean(bad), "pairs": len(logps)}
+
+
 def generate_answers(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int,
                      stop_ids: set[int], progress: _Progress | None = None) -> list[str]:
     """Greedy continuations of each prompt (left-padded batches), cut at the first end-of-turn token."""
@@ -242,6 +298,8 @@ def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
     precision = resolve_precision("auto", device)
     sink.event("info", f"loading tokenizer and data ({preset.model.path})")
     tokenizer = load_eval_tokenizer(preset.model, adapter)
+    if (preset.stage or "sft") != "sft":
+        return _run_preference_eval(preset, out_dir, sink, tokenizer, adapter, full_finetune, device, precision, started)
     data, dataset_kind = eval_data(preset.data)
     from engine.data.cache import cache_dir_for
 
@@ -326,6 +384,78 @@ def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
     return results
 
 
+def _run_preference_eval(preset, out_dir: Path, sink: Sink, tokenizer, adapter: str | None, full_finetune: bool,
+                         device, precision: str, started: float) -> dict[str, Any]:
+    """A preference run's evaluation: how base and fine-tune rank the validation pairs."""
+    import gc
+
+    import torch
+
+    from engine.data.preference import build_preference_datasets
+    from presets.schema import TrainPreset
+
+    data, dataset_kind = eval_data(preset.data)
+    pairs_preset = TrainPreset(name=preset.name, model=preset.model, data=data, stage=preset.stage)
+    bundle = build_preference_datasets(pairs_preset, tokenizer, seed=data.shuffle_seed)
+    rows = bundle.eval
+    if rows is None or not len(rows):
+        raise EngineError(f"no evaluation pairs in {', '.join(data.val_files or data.train_files)}", "see `tunebench data PRESET` for what was dropped and why")
+    sides = ([BASE] if preset.compare_base or not adapter else []) + ([TUNED] if adapter else [])
+    passes = 2 if "chosen" in rows.column_names else 1
+    progress = _Progress(sink, len(sides) * passes * math.ceil(len(rows) / preset.batch_size))
+    sink.run_started({"total_steps": progress.total, "method": "eval", "device": str(device), "precision": precision,
+                      "eval_samples": len(rows), "generation_samples": 0})
+    sink.event("info", f"ranking {len(rows)} validation {'pairs' if passes == 2 else 'answers'} ({dataset_kind}) with {' and '.join(sides)}")
+    scores: dict[str, dict] = {}
+
+    def measure(side: str, model, context=nullcontext) -> None:
+        with context():
+            scores[side] = preference_scores(model, tokenizer, rows, preset.batch_size, progress)
+        accuracy = scores[side]["accuracy"]
+        sink.event("info", f"{side}: preference accuracy {_number(accuracy)}, mean margin {_number(scores[side]['margin'])}")
+
+    base = _load_base(preset.model, precision, tokenizer)
+    if adapter and not full_finetune:
+        model = _load_adapter(base, adapter)
+        if BASE in sides:
+            measure(BASE, model, model.disable_adapter)
+        measure(TUNED, model)
+    else:
+        if BASE in sides:
+            measure(BASE, base)
+        if full_finetune:
+            del base
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            measure(TUNED, _load_base(preset.model.model_copy(update={"path": str(adapter), "revision": None}), precision, tokenizer))
+
+    results: dict[str, Any] = {
+        "status": "completed",
+        "stage": preset.stage,
+        "target": {"run": preset.run, "checkpoint": preset.checkpoint, "base_model": preset.model.path, "adapter": adapter,
+                   "kind": "full model" if full_finetune else ("adapter" if adapter else "base only")},
+        "dataset": {"files": list(data.val_files or data.train_files), "split": dataset_kind, "rows": len(rows),
+                    "generation_samples": 0, "chat_template": bundle.report.format},
+        "settings": {"batch_size": preset.batch_size, "device": str(device), "precision": precision, "decoding": "none"},
+        "sides": sides,
+        "loss": {},
+        "generation": {},
+        "preference": scores,
+        "samples": [],
+        "seconds": round(time.time() - started, 2),
+    }
+    final = {}
+    for side in sides:
+        prefix = "" if side == sides[-1] else "base_"
+        final.update({f"{prefix}preference_{key}": value for key, value in scores[side].items()
+                      if key in ("accuracy", "margin") and value is not None})
+    sink.metrics(progress.done, final)
+    write_results(results, out_dir)
+    sink.event("info", f"results written to {out_dir / RESULTS_MD}")
+    return results
+
+
 # --------------------------------------------------------------------------- reports
 
 
@@ -363,15 +493,20 @@ def results_markdown(results: dict) -> str:
     lines = [
         f"# Evaluation — {run}{what}",
         "",
-        f"{dataset['rows']} rows ({dataset['split']} of {', '.join(dataset['files'])}); "
-        f"{dataset['generation_samples']} generated answers, greedy, up to {results['settings']['max_new_tokens']} tokens; "
-        f"chat template: {dataset['chat_template']}.",
+        f"{dataset['rows']} rows ({dataset['split']} of {', '.join(dataset['files'])}); " + (
+            f"each pair ranked by the log-probability of its answers ({dataset['chat_template']})." if "preference" in results else
+            f"{dataset['generation_samples']} generated answers, greedy, up to {results['settings']['max_new_tokens']} tokens; "
+            f"chat template: {dataset['chat_template']}."),
         "",
         "| metric | " + " | ".join(names[s] for s in sides) + (" | Δ |" if len(sides) == 2 else " |"),
         "|---|" + "---:|" * (len(sides) + (1 if len(sides) == 2 else 0)),
     ]
-    rows = [("eval loss", "loss", "eval_loss"), ("perplexity", "loss", "perplexity")]
-    rows += [(METRIC_LABELS[m] + (" (0–100)" if m == "bleu" else ""), "generation", m) for m in METRICS]
+    if "preference" in results:
+        rows = [("preference accuracy", "preference", "accuracy"), ("mean margin (log-prob)", "preference", "margin"),
+                ("chosen log-prob", "preference", "chosen_logp"), ("rejected log-prob", "preference", "rejected_logp")]
+    else:
+        rows = [("eval loss", "loss", "eval_loss"), ("perplexity", "loss", "perplexity")]
+        rows += [(METRIC_LABELS[m] + (" (0–100)" if m == "bleu" else ""), "generation", m) for m in METRICS]
     for label, section, key in rows:
         values = [results[section].get(s, {}).get(key) for s in sides]
         cells = [_number(v) for v in values]

@@ -126,6 +126,8 @@ class TextLogSink(Sink):
     def metrics(self, step, values):
         if "eval_loss" in values:
             extra = f", perplexity {format_figure(values['eval_ppl'])}" if "eval_ppl" in values else ""
+            if "eval_rewards/accuracies" in values:  # preference stages (TRL's metrics)
+                extra += f", reward accuracy {format_figure(values['eval_rewards/accuracies'])}"
             self._line(f"{self._step(step)}: eval loss {format_figure(values['eval_loss'])}{extra}")
             return
         if "loss" not in values or (step < self._next_step and step != self.total):
@@ -133,7 +135,8 @@ class TextLogSink(Sink):
         self._next_step = step + self._every
         parts = [f"loss {format_figure(values['loss'])}"]
         parts += [f"{label} {format_figure(values[key])}" for key, label in (
-            ("grad_norm", "grad norm"), ("lr", "lr"), ("tokens_per_s", "tokens/s")) if key in values]
+            ("grad_norm", "grad norm"), ("lr", "lr"), ("tokens_per_s", "tokens/s"),
+            ("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")) if key in values]
         self._line(f"{self._step(step)}: " + ", ".join(parts))
 
     def event(self, level, text, step=None):

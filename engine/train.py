@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,13 @@ from engine.artifacts import (
     write_atomic,
 )
 from engine.errors import DataError, EngineError
-from engine.kernels import LIGER_LOSS, kernel_choice, optimizer_name
+from engine.kernels import LIGER_LOSS, PLAIN_LOSS, kernel_choice, optimizer_name
 from engine.models import attention_for, load_model, load_tokenizer, quiet_libraries, resolve_precision, training_device
 from engine.outcome import STATUS_BY_REASON, DiskFull, JobOutcome, Status
 from engine.sink import JsonlSink, MultiSink, Sink
 from presets import TrainPreset, dump_preset
 from presets.methods import METHODS
+from presets.stages import STAGES
 
 
 # A failed save with less than this free is taken for a full disk even when the library's error
@@ -108,9 +110,17 @@ def _checkpointing_arguments(enabled: bool) -> dict:
 
 def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precision: str, device, steps: int, has_eval: bool,
                        loss: str = "plain"):
-    """The preset's training section as HF TrainingArguments; `loss` is engine.kernels' loss path."""
-    from transformers import TrainingArguments
+    """The preset's training section as the stage's arguments (HF TrainingArguments, or TRL's
+    subclass of it for a preference stage); `loss` is engine.kernels' loss path."""
+    from engine.stages import stage_arguments
 
+    values = training_argument_values(preset, artifacts, precision=precision, device=device, steps=steps, has_eval=has_eval, loss=loss)
+    return stage_arguments(preset, values)
+
+
+def training_argument_values(preset: TrainPreset, artifacts: RunArtifacts, *, precision: str, device, steps: int,
+                             has_eval: bool, loss: str = "plain") -> dict:
+    """The preset's training section as TrainingArguments' keyword values."""
     training = preset.training
     if "8bit" in training.optimizer or training.optimizer.startswith("paged"):
         from presets.extras import require
@@ -121,7 +131,7 @@ def training_arguments(preset: TrainPreset, artifacts: RunArtifacts, *, precisio
         eval_strategy, eval_steps = ("steps", training.eval_steps) if training.eval_steps else ("epoch", None)
     else:
         eval_strategy, eval_steps = "no", None
-    return TrainingArguments(
+    return dict(
         output_dir=str(artifacts.checkpoints_dir),
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.batch_size,
@@ -211,14 +221,15 @@ def tracker_environment(preset: TrainPreset, artifacts: RunArtifacts):
                 os.environ[key] = value
 
 
-def _trainer_class():
-    from transformers import Trainer
-
+def engine_trainer(base):
+    """The stage's trainer class (HF's Trainer or a TRL preference trainer) with tunebench's own
+    duties mixed in."""
     from engine.methods import converts_saved_adapters, load_adapter_weights, save_adapter
 
-    class EngineTrainer(Trainer):
-        """HF's Trainer, with each micro-batch's tokens counted by the callback (on the device), and
-        the adapters of PiSSA / OLoRA saved as plain LoRA (and read back) by engine.methods."""
+    class EngineTrainer(base):
+        """`base`, with each micro-batch's tokens counted by the callback (on the device), a
+        checkpoint refused before it is written when the disk cannot hold it, and the adapters of
+        PiSSA / OLoRA saved as plain LoRA (and read back) by engine.methods."""
 
         engine_callback = None
 
@@ -254,6 +265,7 @@ def _trainer_class():
             else:
                 super()._load_from_checkpoint(resume_from_checkpoint, model)
 
+    EngineTrainer.__name__ = EngineTrainer.__qualname__ = f"Engine{base.__name__}"
     return EngineTrainer
 
 
@@ -437,6 +449,75 @@ def _prepare_data(preset: TrainPreset, tokenizer, sink: Sink, cache_dir: Path | 
     return bundle
 
 
+def _prepare_preference_data(preset: TrainPreset, tokenizer, sink: Sink):
+    """The rendered pairs (or KTO's judged answers) of a preference stage, with the report said out loud."""
+    from engine.data.preference import build_preference_datasets
+    from engine.data.progress import progress_reporter
+
+    bundle = build_preference_datasets(preset, tokenizer, seed=preset.data.shuffle_seed,
+                                       progress=progress_reporter(lambda line: sink.event("info", line)))
+    if bundle.chat_template:
+        tokenizer.chat_template = bundle.chat_template
+    for line in bundle.report.lines():
+        sink.event("info", f"data: {line}")
+    for warning in bundle.report.warnings:
+        sink.event("warning", warning)
+    if not len(bundle.train):
+        raise DataError("no training pairs are left after loading", "see `tunebench data PRESET` for what was dropped and why")
+    return bundle
+
+
+# --------------------------------------------------------------------------- the starting point
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """What the run starts from: the base (model), and an earlier run's adapter trained on, if any."""
+
+    model: Any  # presets ModelConfig: model.path, or the full model model.start_from names
+    adapter: Path | None = None
+
+
+def start_point(preset: TrainPreset) -> StartPoint:
+    """model.start_from as paths (the jobs layer has already turned a run id into its result folder)."""
+    from engine.artifacts import is_adapter_dir
+
+    if not preset.model.start_from:
+        return StartPoint(preset.model)
+    start = Path(preset.model.start_from).expanduser()
+    if not start.is_dir():
+        raise EngineError(f"model.start_from {preset.model.start_from} is not a folder",
+                          "name a run id (from `tunebench ls`), an adapter folder or a model folder")
+    if is_adapter_dir(start):
+        return StartPoint(preset.model, start)
+    if not (start / "config.json").is_file():
+        raise EngineError(f"model.start_from {start} holds neither an adapter (adapter_config.json) nor a model (config.json)",
+                          "name a run's final/ folder, a checkpoint folder, or a model folder")
+    return StartPoint(preset.model.model_copy(update={"path": str(start), "start_from": None}))
+
+
+def continue_from_adapter(model, adapter: Path, preset: TrainPreset, sink: Sink, *, total_steps: int):
+    """An adapter method trains the earlier adapter on; full and freeze fold it into the weights first."""
+    from peft import PeftModel
+
+    from engine.methods import apply_method
+
+    if METHODS[preset.method.name].is_adapter:
+        sink.event("info", f"start: training on the adapter in {adapter} (its own rank and targets; method.lora is not read)")
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    sink.event("info", f"start: the adapter in {adapter} merged into the base, then {preset.method.name}")
+    return apply_method(PeftModel.from_pretrained(model, str(adapter)).merge_and_unload(), preset, total_steps=total_steps)
+
+
+def _with_start(model, start: StartPoint, preset: TrainPreset):
+    """A frozen copy of what training starts from (the reference of full and freeze runs)."""
+    if start.adapter is None:
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(start.adapter)).merge_and_unload()
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -475,6 +556,7 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     from engine.callback import EngineCallback
     from engine.data import make_collator
     from engine.methods import apply_method, loraplus_optimizer, trainable_parameters
+    from engine.stages import TRAINERS, describe_reference, reference_model
 
     started = time.perf_counter()
     quiet_libraries()
@@ -482,8 +564,12 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     checkpoint = resolve_resume(resume_from, artifacts) if resume_from else None
     device = training_device()
     precision = resolve_precision(preset.training.precision, device)
-    # Before the data is prepared: a `liger` this machine cannot run fails at once.
-    loss, why = kernel_choice(preset, device.type == "cuda")
+    stage = STAGES[preset.stage]
+    if stage.is_preference:
+        loss, why = PLAIN_LOSS, f"TRL's {stage.label} loss"
+    else:
+        # Before the data is prepared: a `liger` this machine cannot run fails at once.
+        loss, why = kernel_choice(preset, device.type == "cuda")
     sink.event("info", f"loss: {loss} ({why})")
     set_seed(preset.training.seed)
     if preset.training.optimizer.startswith("paged") and device.type != "cuda":
@@ -493,9 +579,13 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     tokenizer = load_tokenizer(preset.model)
     from engine.data.cache import cache_dir_for
 
-    bundle = _prepare_data(preset, tokenizer, sink, cache_dir_for(artifacts.run_dir))
-    # A streamed dataset has no length: data.streaming needs training.max_steps (checked in _prepare_data).
-    train_rows = bundle.report.train_samples if preset.data.streaming else len(bundle.train)
+    if stage.is_preference:
+        bundle = _prepare_preference_data(preset, tokenizer, sink)
+        train_rows = len(bundle.train)
+    else:
+        bundle = _prepare_data(preset, tokenizer, sink, cache_dir_for(artifacts.run_dir))
+        # A streamed dataset has no length: data.streaming needs training.max_steps (checked in _prepare_data).
+        train_rows = bundle.report.train_samples if preset.data.streaming else len(bundle.train)
     steps = total_steps(preset, train_rows)
 
     # Before the model: under ZeRO-3 and FSDP the arguments set up the process group and the
@@ -508,11 +598,16 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
     # The kernel goes with the batch layout: the collator below lays packed batches out for it.
     attention, why = attention_for(preset.model, packed=preset.data.packing, device=device)
     sink.event("info", f"attention: {attention} ({why})")
-    model = load_model(preset.model, precision=precision, for_training=True, trains_base_weights=METHODS[method].trains_base_weights,
-                       attn_implementation=attention)
+    start = start_point(preset)
+    load = partial(load_model, start.model, precision=precision, trains_base_weights=METHODS[method].trains_base_weights,
+                   attn_implementation=attention)
+    model = load(for_training=True)
     check_max_length(preset, model.config)
     set_seed(preset.training.seed)  # adapter initialisation does not depend on how loading used the RNG
-    model = apply_method(model, preset, total_steps=steps)
+    if start.adapter is not None:
+        model = continue_from_adapter(model, start.adapter, preset, sink, total_steps=steps)
+    else:
+        model = apply_method(model, preset, total_steps=steps)
     trainable, total = trainable_parameters(model)
     if trainable == 0:
         raise EngineError(f"method {method} leaves no parameter to train", "check method.freeze (trainable_layers / trainable_modules) or pick another method")
@@ -524,21 +619,31 @@ def _train(preset: TrainPreset, artifacts: RunArtifacts, sink: Sink, resume_from
             eval_samples=len(bundle.eval or []), method=method, precision=precision, device=str(device),
         ),
     )
-    trainer_class = _trainer_class()
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=bundle.train,
-        eval_dataset=bundle.eval or None,
-        data_collator=make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length, attn_implementation=attention),
-        processing_class=tokenizer,
-        callbacks=[callback],
-        optimizer_cls_and_kwargs=loraplus_optimizer(preset, args),  # None unless method.lora.loraplus_lr_ratio
-    )
+    row = TRAINERS[preset.stage]
+    inputs: dict[str, Any] = dict(model=model, args=args, train_dataset=bundle.train, eval_dataset=bundle.eval or None,
+                                  processing_class=tokenizer, callbacks=[callback])
+    if stage.is_preference:
+        # TRL's trainers tokenize the rendered pairs and batch them with their own collators.
+        if row.takes_ref_model:
+            inputs["ref_model"] = reference_model(preset, lambda: _with_start(load(for_training=False), start, preset))
+    else:
+        inputs["data_collator"] = make_collator(tokenizer, packing=preset.data.packing, max_length=preset.data.max_length,
+                                                attn_implementation=attention)
+    trainer = engine_trainer(row.trainer_class())(**inputs)
+    # None unless method.lora.loraplus_lr_ratio; set here because TRL's constructors do not take it.
+    trainer.optimizer_cls_and_kwargs = loraplus_optimizer(preset, args)
     trainer.engine_callback = callback
+    if stage.reference == "needed":
+        sink.event("info", "reference: " + describe_reference(trainer, preset, start))
     # The sink is the run's output: no tqdm bar, no printed log dicts.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    from engine.sample_loss import attach_sample_losses
+
+    attach_sample_losses(trainer, preset, artifacts.run_dir, sink, bundle, tokenizer)  # `tunebench samples`
+    from engine.probes import add_probes
+
+    add_probes(trainer, preset, artifacts, sink, tokenizer)  # answers at every save (`tunebench probes`)
 
     disk_full: DiskFull | None = None
     try:

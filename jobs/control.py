@@ -146,6 +146,7 @@ def _check_local_paths(preset) -> None:
             check(f"data.val_files[{index}]", path)
     for key in ("adapter", "base_model"):
         check(key, getattr(preset, key, None))
+    check("probes.file", getattr(getattr(preset, "probes", None), "file", None))
     for index, source in enumerate(getattr(preset, "models", None) or []):
         check(f"models[{index}].path", source.path)
     if problems:
@@ -171,6 +172,15 @@ def freeze_preset(ws: Workspace, preset: Any, overrides: list[str] | None = None
             preset = preset.model_copy(update={"run": store.resolve_run(target).id})
         except RunNotFound as exc:
             raise PresetError(preset.name, [Problem("run", str(exc))]) from None
+    start = preset.model.start_from if preset.kind == "train" else None
+    if start and not Path(start).is_dir() and store is not None:
+        # A run to start from is frozen to its id; the worker takes its result when the job starts
+        # (so a DPO run can be queued behind the SFT run it follows).
+        try:
+            model = preset.model.model_copy(update={"start_from": store.resolve_run(start).id})
+        except RunNotFound as exc:
+            raise PresetError(preset.name, [Problem("model.start_from", f"{exc}: name a run id, an adapter folder or a model folder")]) from None
+        preset = preset.model_copy(update={"model": model})
     _check_local_paths(preset)
     return preset
 

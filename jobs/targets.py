@@ -230,7 +230,25 @@ def resolve_eval_preset(preset: EvalPreset, workspace, *, store: Store | None = 
         "model": preset.model or target.base_model,
         "adapter": preset.adapter or str(target.weights_dir),
         "data": preset.data or target.data,
+        "stage": preset.stage or target.train_preset.stage,
     })
+
+
+def resolve_train_preset(preset: TrainPreset, workspace, *, store: Store | None = None) -> TrainPreset:
+    """A TrainPreset whose model.start_from names a run turned into that run's result folder
+    (unchanged when it names a folder, or nothing)."""
+    start = preset.model.start_from
+    if not start or Path(start).is_dir():
+        return preset
+    store, ws = _context(preset, workspace, store)
+    target = run_target(store, ws, start)
+    if target.is_adapter and target.base_model.path != preset.model.path:
+        raise TargetError(
+            f"model.start_from {start}: run {target.run.id} trained an adapter on {target.base_model.path}, "
+            f"but this preset's model.path is {preset.model.path}",
+            f"set model.path: {target.base_model.path} (an adapter only fits the base it was trained on)",
+        )
+    return preset.model_copy(update={"model": preset.model.model_copy(update={"start_from": str(target.weights_dir)})})
 
 
 def eval_preset_for_run(store: Store, ws: Workspace, ref: str, *, checkpoint: int | None = None,
@@ -242,7 +260,7 @@ def eval_preset_for_run(store: Store, ws: Workspace, ref: str, *, checkpoint: in
     """
     target = run_target(store, ws, ref, checkpoint)  # fail now, not in the queue
     fields: dict[str, Any] = {"name": f"eval-{target.run.name}", "run": target.run.id, "checkpoint": checkpoint,
-                              "compare_base": compare_base}
+                              "compare_base": compare_base, "stage": target.train_preset.stage}
     if samples is not None:
         fields["num_samples"] = samples
     if max_new_tokens is not None:

@@ -81,7 +81,9 @@ def train_job(run: Run, ws: Workspace, store: Store, sink: Sink) -> JobOutcome:
 
     if run.info.get("park_at_step") is not None:
         os.environ[PARK_AT_STEP_ENV] = str(run.info["park_at_step"])  # read by every rank's callback
-    preset = _load_frozen(run, ws)
+    from jobs.targets import resolve_train_preset
+
+    preset = resolve_train_preset(_load_frozen(run, ws), ws, store=store)
     resume_from = run.info.get("resume_from")
     if resume_from:
         sink.event("info", f"resuming from {resume_from}", run.info.get("resume_step"))

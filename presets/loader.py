@@ -246,7 +246,7 @@ def validate_preset(data: dict, source: str = "<preset>", text: str | None = Non
         raise PresetError(source, [Problem("kind", f'expected one of "train", "eval", "merge", got {_describe(kind)}', line)])
     data = {"kind": kind, **data}
     try:
-        return _PRESET_ADAPTER.validate_python(data)
+        return _check_probe_file(_PRESET_ADAPTER.validate_python(data), source, text)
     except ValidationError as exc:
         lines = _key_lines(text) if text else {}
         problems: list[Problem] = []
@@ -262,6 +262,22 @@ def validate_preset(data: dict, source: str = "<preset>", text: str | None = Non
             problems.append(Problem(path, message, line))
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise PresetError(source, problems) from None
+
+
+def _check_probe_file(preset, source: str, text: str | None):
+    """A train preset's probes.file, read now: a bad line is reported at load, not at the first save.
+    A file not there (yet) is left to submit and the engine, as data files are."""
+    from presets.probes import ProbeFileError, read_probe_file
+
+    path = getattr(getattr(preset, "probes", None), "file", None)
+    if not path or WORKSPACE_TOKEN in path or not Path(path).expanduser().is_file():
+        return preset
+    try:
+        read_probe_file(Path(path).expanduser())
+    except ProbeFileError as exc:
+        line = _key_lines(text).get(("probes", "file")) if text else None
+        raise PresetError(source, [Problem("probes.file", str(exc), line)]) from None
+    return preset
 
 
 # --------------------------------------------------------------------------- overrides
@@ -507,8 +523,9 @@ def resolve_paths(preset, workspace: str | os.PathLike, base: str | os.PathLike 
             elif isinstance(value, list):
                 section[key] = [_resolve_path(v, workspace, base) if isinstance(v, str) else v for v in value]
 
-    fix(data.get("model"), ("path",))
+    fix(data.get("model"), ("path", "start_from"))
     fix(data.get("data"), ("train_files", "val_files"))
+    fix(data.get("probes"), ("file",))
     fix(data, ("adapter", "base_model", "output"))
     for source in data.get("models") or []:
         fix(source, ("path",))

@@ -147,6 +147,9 @@ class MethodConfig(Section):
 
 # Row formats; engine/data/formats.py holds one table row (detector, normaliser, columns) per name.
 DATA_FORMATS = ("alpaca", "sharegpt", "messages", "text")
+# Preference layouts beside them (engine/data/preference.py); alpaca and sharegpt also name
+# LLaMA-Factory's ranking layouts when the stage is a preference one.
+PREFERENCE_FORMATS = ("pairs", "unpaired")
 
 
 class ColumnMap(Section):
@@ -158,6 +161,11 @@ class ColumnMap(Section):
     conversations: str | None = Field(None, description="sharegpt/messages: the turns column; default conversations or messages")
     tools: str = Field("tools", description="sharegpt: optional tool definitions column")
     text: str = Field("text", description="text: the raw text column")
+    prompt: str = Field("prompt", description="pairs/unpaired: the prompt column (text or turns); pairs without it share the prompt turns of chosen and rejected")
+    chosen: str = Field("chosen", description="pairs, alpaca and sharegpt preference data: the preferred answer column")
+    rejected: str = Field("rejected", description="pairs, alpaca and sharegpt preference data: the dispreferred answer column")
+    completion: str = Field("completion", description="unpaired (kto): the judged answer column")
+    label: str = Field("label", description="unpaired (kto): the judgement column, true = desirable answer, false = undesirable")
 
 
 class RoleTags(Section):
@@ -175,7 +183,10 @@ MAX_LENGTH_LIMIT = 1_048_576  # data.max_length above this is refused as a typo
 
 class DataConfig(Section):
     train_files: list[str] = Field(..., min_length=1, description="json, jsonl, csv or parquet files, or a hub dataset id")
-    format: Literal[("auto", *DATA_FORMATS)] = Field("auto", description="row format; auto detects it from the first rows")
+    format: Literal[("auto", *DATA_FORMATS, *PREFERENCE_FORMATS)] = Field(
+        "auto", description="row format; auto detects it from the first rows. Preference stages: pairs (TRL "
+        "prompt/chosen/rejected), unpaired (kto: prompt/completion/label), alpaca or sharegpt (LLaMA-Factory ranking data)"
+    )
     columns: ColumnMap = Field(default_factory=ColumnMap, description="column names, when they differ from the format's")
     tags: RoleTags = Field(default_factory=RoleTags, description="role keys and values of sharegpt/messages turns")
     hub_split: str = Field("train", description="split to read from a hub dataset")
@@ -261,6 +272,10 @@ class TrainingConfig(Section):
     load_best_at_end: bool = Field(False, description="the final result is the best checkpoint by eval loss, not the last")
     neftune_noise_alpha: float | None = Field(
         None, gt=0, description="NEFTune: uniform noise of scale alpha / sqrt(tokens x hidden) on the input embeddings while training (5 is usual); null = off"
+    )
+    sample_losses_train: int = Field(
+        0, ge=0, le=2000, description="per-sample losses (`tunebench samples`) also for this many training samples, "
+        "a fixed subset, besides every validation sample; 0 = validation only (each costs a forward pass per evaluation)"
     )
     report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = Field(
         default_factory=list,
@@ -390,7 +405,14 @@ class TrainPreset(Section):
         stage = STAGES[self.stage]
         pref = self.preference
         if not stage.is_preference:
+            changed = [key for key, value in pref if value != PreferenceConfig.model_fields[key].get_default(call_default_factory=True)]
+            if changed:
+                raise ValueError(f"preference.{changed[0]} applies to the preference stages "
+                                 f"({', '.join(n for n, s in STAGES.items() if s.is_preference)}): set stage, or drop the preference section")
             return self
+        if pref.ref_model == "none" and stage.reference == "needed":
+            raise ValueError(f"preference.ref_model none: stage {self.stage}'s loss compares with a reference model; "
+                             "use stage orpo or simpo to train without one")
         from presets.extras import is_installed, missing_message
 
         if not is_installed("trl"):  # here, not after the queue has loaded a model
@@ -410,6 +432,26 @@ class TrainPreset(Section):
     def beta(self) -> float | None:
         """preference.beta, or the stage's usual value."""
         return self.preference.beta if self.preference.beta is not None else STAGES[self.stage].default_beta
+
+    @model_validator(mode="after")
+    def _format_fits_stage(self):
+        """data.format names a layout the stage reads (SFT formats for sft, preference layouts otherwise)."""
+        fmt, stage = self.data.format, STAGES[self.stage]
+        pairs = ", ".join(n for n, s in STAGES.items() if s.data == "pairs")
+        unpaired = ", ".join(n for n, s in STAGES.items() if s.data == "unpaired")
+        if not stage.is_preference and fmt in PREFERENCE_FORMATS:
+            raise ValueError(f"data.format {fmt} is preference data: set stage {pairs if fmt == 'pairs' else unpaired}, "
+                             f"or an sft format ({', '.join(DATA_FORMATS)})")
+        if stage.is_preference and fmt in ("messages", "text"):
+            raise ValueError(f"stage {self.stage} reads preference data, not data.format {fmt}: use auto, pairs, unpaired "
+                             "(kto), alpaca or sharegpt (LLaMA-Factory ranking data)")
+        if stage.data == "pairs" and fmt == "unpaired":
+            raise ValueError(f"stage {self.stage} trains on pairs (chosen and rejected); unpaired data "
+                             f"(prompt/completion/label) trains with stage {unpaired}")
+        if stage.is_preference and self.data.streaming:
+            raise ValueError(f"stage {self.stage} reads its pairs whole, before training: data.streaming does not apply "
+                             "(set streaming: false)")
+        return self
 
     @model_validator(mode="after")
     def _method_fits_quantization(self):
@@ -516,6 +558,7 @@ class EvalPreset(Section):
     max_new_tokens: int = Field(64, ge=1, description="generation length for generation metrics")
     batch_size: int = Field(8, ge=1, description="batch size for eval loss")
     compare_base: bool = Field(True, description="also evaluate the base model, side by side")
+    stage: StageName | None = Field(None, description="None = the run's stage (sft without a run); sft: eval loss and generated answers; a preference stage: how the models rank the validation pairs (preference accuracy and margin)")
 
     @model_validator(mode="after")
     def _has_target(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from presets.stages import PREFERENCE_METRICS, STAGES
 from tui import format as fmt
 from tui.series import Pace, SeriesSet, recent_pace
 
@@ -38,8 +39,19 @@ PLOTS: dict[str, tuple[LineSpec, ...]] = {
     ),
     "tokens": (LineSpec("tokens/s", "tokens_per_s", "secondary"),),
 }
+# Preference runs (presets/stages.py: dpo, orpo, kto, simpo) add two plots of TRL's rewards: how well
+# the model tells chosen from rejected (margins, accuracy; KL for KTO), and the rewards themselves.
+PREFERENCE_PLOTS: dict[str, tuple[LineSpec, ...]] = {
+    "preference": (
+        LineSpec("margin", "rewards/margins", "primary"),
+        LineSpec("acc", "rewards/accuracies", "success"),
+        LineSpec("eval acc", "eval_rewards/accuracies", "warning"),
+        LineSpec("kl", "kl", "accent"),
+    ),
+    "rewards": (LineSpec("chosen", "rewards/chosen", "success"), LineSpec("rejected", "rewards/rejected", "error")),
+}
 PLOT_TITLES = {"loss": "loss", "grad_norm": "grad norm", "lr": "learning rate", "memory": "GPU memory (GiB)",
-               "tokens": "tokens/s"}
+               "tokens": "tokens/s", "preference": "preference", "rewards": "rewards"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,7 @@ class DashboardUpdate:
     findings: list[dict] | None = None  # None: unchanged
     pace: Pace | None = None
     rows_read: int = 0
+    preference: bool = False  # a preference stage's run: PREFERENCE_PLOTS are shown
 
 
 class DashboardFeed:
@@ -73,6 +86,7 @@ class DashboardFeed:
         self.last_event_id = 0
         self.findings_seen: tuple | None = None
         self.reads = 0
+        self.stage: str | None = None  # the frozen preset's stage, read once
 
     def read(self) -> DashboardUpdate:
         store = self.backend.store
@@ -81,7 +95,7 @@ class DashboardFeed:
             return DashboardUpdate(None)
         rows = store.metrics_since(self.run_id, self.series.last_id)
         added = self.series.add_rows(rows)
-        update = DashboardUpdate(run, rows_read=added)
+        update = DashboardUpdate(run, rows_read=added, preference=self.is_preference(run))
         if added or self.reads == 0:
             update.plots = self.plot_lines()
         update.figures = self.figures(run)
@@ -101,9 +115,17 @@ class DashboardFeed:
         self.reads += 1
         return update
 
+    def is_preference(self, run) -> bool:
+        """The run's stage says it (shown from the first poll), or its preference metrics do."""
+        if self.stage is None:
+            self.stage = preset_stage(run.preset_yaml)
+        if self.stage in STAGES:
+            return STAGES[self.stage].is_preference
+        return any(self.series.get(name) for name in PREFERENCE_METRICS)
+
     def plot_lines(self) -> dict[str, list[PlotLine]]:
         plots: dict[str, list[PlotLine]] = {}
-        for plot_id, specs in PLOTS.items():
+        for plot_id, specs in {**PLOTS, **PREFERENCE_PLOTS}.items():
             lines = []
             for spec in specs:
                 series = self.series.get(spec.metric)
@@ -152,6 +174,19 @@ class DashboardFeed:
         if setup:
             rows.append(("setup", setup))
         return rows
+
+
+def preset_stage(preset_yaml: str | None) -> str:
+    """The stage a frozen preset names ("sft" when it names none); "" when the YAML cannot be read."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(preset_yaml or "")
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(data, dict):
+        return ""
+    return str(data.get("stage") or "sft")
 
 
 def gpu_health_text(util: float | None, power_w: float | None, temp_c: float | None) -> str:

@@ -6,21 +6,28 @@
     make_collator(tokenizer, *, packing, max_length, attn_implementation=None) -> callable(list[dict]) -> dict[str, Tensor]
     resolve_chat_template(tokenizer, data) -> str
     prompt_ids(tokenizer, messages, *, chat_template=None) -> list[int]
+    build_preference_datasets(preset, tokenizer, *, seed=42, progress=None) -> PreferenceBundle(train, eval,
+        report, chat_template): the preference stages' prompt / chosen / rejected (kto: prompt / completion /
+        label) strings, rendered with the chat template, and their PreferenceReport
 
 Modules: loading (files, hub), formats (detection, column/role mapping, normalisation), render
 (chat templates, prefix-derived label masks), collate (padding, packing), report (DataReport),
-build (the pipeline), cache (keys, entries, the build lock), progress (progress lines). torch and transformers are imported inside functions only.
+build (the pipeline), preference (preference layouts and pairs), cache (keys, entries, the build lock), progress (progress lines). torch and transformers are imported inside functions only.
 """
 
 from engine.data.build import DataBundle, Example, build_datasets, training_samples
 from engine.data.collate import batch_efficiency, make_collator, plan_packs
+from engine.data.preference import PreferenceBundle, build_preference_datasets
 from engine.data.render import IGNORE_INDEX, prompt_ids, resolve_chat_template
-from engine.data.report import DataReport, HistogramBin, LengthStats, RenderedExample
+from engine.data.report import (
+    DataReport, HistogramBin, LengthStats, PreferenceExample, PreferenceReport, RenderedExample,
+)
 from engine.errors import DataError
 
 __all__ = [
     "training_samples",
     "DataBundle", "DataError", "DataReport", "Example", "HistogramBin", "IGNORE_INDEX", "LengthStats",
-    "RenderedExample", "batch_efficiency", "build_datasets", "make_collator", "plan_packs", "prompt_ids",
+    "PreferenceBundle", "PreferenceExample", "PreferenceReport", "RenderedExample", "batch_efficiency",
+    "build_datasets", "build_preference_datasets", "make_collator", "plan_packs", "prompt_ids",
     "resolve_chat_template",
 ]

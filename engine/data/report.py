@@ -121,3 +121,79 @@ class DataReport:
         if example is not None:
             fields["example"] = RenderedExample(**{**example, "segments": [tuple(s) for s in example["segments"]]})
         return cls(**fields)
+
+
+# --------------------------------------------------------------------------- preference data
+
+
+@dataclass
+class PreferenceExample:
+    """One pair (or KTO row) as TRL receives it: the rendered prompt and its rendered answers."""
+
+    where: str  # source file:line
+    prompt: str
+    answers: list[tuple[str, str]]  # (chosen | rejected | desirable | undesirable, rendered answer)
+
+
+@dataclass
+class PreferenceReport:
+    """What the preference pipeline read and how the pairs look in tokens (engine/data/preference.py).
+    Token counts are of the training split, as TRL counts them: the prompt, and each answer after it."""
+
+    stage: str = ""  # dpo | orpo | simpo | kto
+    files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    val_rows_read: int = 0
+    format: str = ""  # pairs | alpaca | sharegpt | unpaired ("mixed: …" when files differ)
+    format_detection: str = ""  # which layout and why, per file
+    chat_template: str = ""  # where the template came from (as DataReport.chat_template)
+    train: int = 0  # training pairs (kto: rows)
+    eval: int = 0  # validation pairs (kto: rows)
+    limited: int = 0  # training pairs beyond data.max_samples
+    max_length: int = 0
+    prompt_length: LengthStats = field(default_factory=LengthStats)
+    chosen_length: LengthStats = field(default_factory=LengthStats)  # kto: the desirable answers
+    rejected_length: LengthStats = field(default_factory=LengthStats)  # kto: the undesirable answers
+    truncated: int = 0  # prompt + the longer answer over max_length: TRL cuts the answers
+    prompt_too_long: int = 0  # the prompt alone reaches max_length: TRL drops these
+    desirable: int = 0  # kto only
+    undesirable: int = 0  # kto only
+    unpaired_from_pairs: bool = False  # kto on pair data: each pair gave a desirable and an undesirable row
+    duplicates: int = 0  # training pairs identical to an earlier one
+    train_val_overlap: int = 0  # validation pairs identical to a training pair
+    inexact_prompts: int = 0  # the template renders the prompt alone differently (split at the common prefix)
+    warnings: list[str] = field(default_factory=list)
+    examples: list[PreferenceExample] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def lines(self) -> list[str]:
+        """The report as plain text lines (`tunebench data`, the TUI); warnings start with "warning:"."""
+        kto = self.stage == "kto"
+        unit = "rows" if kto else "pairs"
+        out = [f"stage {self.stage}: {self.train} training {unit}, {self.eval} validation {unit}",
+               "files: " + ", ".join(self.files) + (f"  (validation: {', '.join(self.val_files)})" if self.val_files else ""),
+               f"format: {self.format} — {self.format_detection}",
+               f"chat template: {self.chat_template}",
+               f"rows read: {self.rows_read}" + (f" (+{self.val_rows_read} validation)" if self.val_rows_read else "")]
+        if self.limited:
+            out.append(f"left out by data.max_samples: {self.limited}")
+        if kto:
+            out.append(f"desirable: {self.desirable}  undesirable: {self.undesirable}"
+                       + ("  (each pair gave one of each)" if self.unpaired_from_pairs else ""))
+        names = ("desirable", "undesirable") if kto else ("chosen", "rejected")
+        out.append("tokens         mean    p50    p95    max")
+        for name, stats in (("prompt", self.prompt_length), (names[0], self.chosen_length), (names[1], self.rejected_length)):
+            out.append(f"  {name:<12} {stats.mean:>5.0f} {stats.median:>6} {stats.p95:>6} {stats.max:>6}")
+        share = f" ({self.truncated / self.train:.1%})" if self.train else ""
+        out.append(f"over max_length {self.max_length} (prompt + longer answer): {self.truncated}{share}, answers cut")
+        out.append(f"prompt alone reaches max_length: {self.prompt_too_long} (TRL drops these)")
+        out.append(f"duplicate {unit}: {self.duplicates}  validation {unit} also in training: {self.train_val_overlap}")
+        out.extend(f"warning: {warning}" for warning in self.warnings)
+        for example in self.examples:
+            out.append(f"example ({example.where}):")
+            out.append(f"  prompt: {example.prompt!r}")
+            out.extend(f"  {name}: {text!r}" for name, text in example.answers)
+        return out

@@ -20,6 +20,9 @@ class Finding:
     stop: bool = False  # the preset asks to stop the run on this finding
     # Which of its rule's findings this is, when the evidence's kind does not say it (finding_key).
     key: str | None = None
+    # The preset change the advice suggests, where the rule knows one: key path → new value
+    # (e.g. {"training.lr": 4e-05}); the dashboard's fix key applies it to a copy of the preset.
+    change: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

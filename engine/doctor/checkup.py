@@ -94,7 +94,7 @@ def _analyse(series: Series, preset, info: dict, total_steps: int | None, *, pre
     return analyse(
         series, precision=precision, lr_schedule=getattr(training, "scheduler", None),
         max_grad_norm=getattr(training, "max_grad_norm", None), total_steps=total_steps or info.get("total_steps"),
-        preset_lr=getattr(training, "lr", None) or preset_lr,
+        preset_lr=getattr(training, "lr", None) or preset_lr, stage=getattr(preset, "stage", None),
     )
 
 

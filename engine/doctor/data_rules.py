@@ -163,6 +163,7 @@ def data_findings(report: Any) -> list[Finding]:
             title=f"{1 - padding:.0%} of the token slots in a batch of {batch} are padding",
             advice=f"Compute and memory go to padding: set data.packing: true{gain}, or lower data.max_length.",
             evidence={"padding_efficiency": round(padding, 4), "packing_efficiency": round(packed, 4), "batch_size": batch},
+            change={"data.packing": True},
         ))
 
     # --- the model must learn to stop

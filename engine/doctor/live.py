@@ -18,8 +18,9 @@ from typing import Any
 
 from engine.doctor import Finding, finding_key
 from engine.doctor.rules import SEVERITY_RANK, analyse
+from presets.stages import PREFERENCE_METRICS
 
-TRACKED = ("loss", "eval_loss", "grad_norm", "lr", "epoch")
+TRACKED = ("loss", "eval_loss", "grad_norm", "lr", "epoch", *PREFERENCE_METRICS)
 # After a save, fewer than this many checkpoints' worth of free space is worth a warning: the run
 # stops (interrupted) when the next one would not fit.
 DISK_LOW_CHECKPOINTS = 2
@@ -85,6 +86,7 @@ class LiveDoctor:
         self.max_grad_norm = getattr(training, "max_grad_norm", None)
         self.lr_schedule = getattr(training, "scheduler", None)
         self.preset_lr = getattr(training, "lr", None)  # what the advice quotes, not the warmup's logged rates
+        self.stage = getattr(preset, "stage", None)  # a preference stage has its own rules
         self.total_steps = total_steps or getattr(training, "max_steps", None)
         self.stop_on_nan = bool(getattr(doctor, "stop_on_nan", True))
         self.stop_on_divergence = bool(getattr(doctor, "stop_on_divergence", False))
@@ -125,6 +127,7 @@ class LiveDoctor:
         findings = analyse(
             self.series, precision=self.precision, lr_schedule=self.lr_schedule,
             max_grad_norm=self.max_grad_norm, total_steps=self.total_steps, preset_lr=self.preset_lr,
+            stage=self.stage,
         )
         fresh = []
         for finding in findings:

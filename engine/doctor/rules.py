@@ -16,6 +16,7 @@ from statistics import median
 from typing import Iterable, Sequence
 
 from engine.doctor import Finding
+from presets.stages import PREFERENCE_METRICS, STAGES
 
 Point = tuple[int, float]
 Series = dict[str, Sequence[Point]]
@@ -61,6 +62,23 @@ CLIP_INFO_SHARE = 0.2
 CLIP_WARN_SHARE = 0.9
 CLIP_WARN_RATIO = 10.0  # median grad_norm / max_grad_norm when every update is cut that much
 FP16_SKIP_SHARE = 0.2  # fp16 loss scaling skips a few steps with inf gradients: that is normal
+# Preference stages (presets/stages.py). Rewards and margins are in β·nats, accuracies are shares of
+# pairs: these thresholds are absolute where the quantity has a fixed scale (chance is 0.5).
+PREF_MIN_POINTS = 20  # logged points before the accuracy and margin trends say anything
+PREF_CHANCE = 0.5
+PREF_ACC_BAND = 0.1  # a recent accuracy within 0.1 of chance …
+PREF_ACC_MIN_GAIN = 0.05  # … that gained less than this since the start, is stuck
+PREF_ACC_RISING_TAU = 0.25  # … or a consistent climb (about 3 standard errors of Kendall's tau at 60 points)
+PREF_ACC_NOISE = 2.0  # standard errors of the recent mean that must separate it from chance
+PREF_MARGIN_FALL = 0.3  # margins 30 % below their best …
+PREF_MARGIN_NOISE = 3.0  # … and 3 point-noise widths below it: they shrink
+PREF_MARGIN_STALL = 0.05  # margins that grew under 5 % over the recent window have stopped growing
+PREF_MARGIN_STALL_ACC = 0.7  # stopped below this accuracy: worth a warning (above it: info)
+PREF_CHOSEN_MIN_POINTS = 12
+PREF_CHOSEN_TAU = -0.3  # the chosen reward goes down consistently …
+PREF_CHOSEN_NOISE = 2.0  # … by more than 2 point-noise widths …
+PREF_CHOSEN_SHARE = 0.5  # … and at least half as fast as the rejected one: a warning
+PREF_EASY_LOSS_NATS = 0.05  # a DPO loss starts at ln 2 = 0.693; this low within the first steps is too easy
 
 
 # --------------------------------------------------------------------------- small statistics
@@ -168,6 +186,7 @@ class _Context:
         self.lr_max = max((v for _, v in self.lr), default=None)
         # The value the user can edit: during warmup the logged rates are only a fraction of it.
         self.preset_lr = _positive(preset_lr)
+        self.preference = False  # a preference stage's run (analyse sets it): its rules replace some of SFT's
 
     def lr_at(self, step: int) -> float | None:
         before = [v for s, v in self.lr if s <= step]
@@ -178,6 +197,23 @@ class _Context:
             return None
         return self.lr[0][1] < 0.5 * self.lr_max
 
+    def lower_lr_change(self, factor: int = 5) -> dict:
+        """The preset change behind lower_lr_advice (the same rounded value), when the preset's rate is known."""
+        return {"training.lr": float(f"{self.preset_lr / factor:.2g}")} if self.preset_lr else {}
+
+    def warmup_change(self) -> dict:
+        """Warmup added (none now) or doubled (the logged rates say where it ends), as a preset change."""
+        warmup = self.has_warmup()
+        if warmup is False:
+            return {"training.warmup_ratio": 0.05}
+        if warmup and self.total_steps and self.lr_max:
+            end = next((s for s, v in self.lr if v >= 0.99 * self.lr_max), None)
+            if end:
+                # warmup_steps wins over warmup_ratio when set: the ratio takes over.
+                return {"training.warmup_ratio": round(min(0.3, max(0.02, 2 * end / self.total_steps)), 3),
+                        "training.warmup_steps": 0}
+        return {}
+
     def lower_lr_advice(self, factor: int = 5) -> str:
         if self.preset_lr:
             return f"lower the learning rate ÷{factor} (training.lr: {self.preset_lr:.3g} → {self.preset_lr / factor:.2g})"
@@ -185,6 +221,18 @@ class _Context:
             return (f"lower the learning rate ÷{factor} (the highest logged rate was {self.lr_max:.3g}: "
                     f"training.lr about {self.lr_max / factor:.2g})")
         return f"lower the learning rate ÷{factor} (training.lr)"
+
+    def raise_lr_advice(self, factor: int = 3) -> str:
+        if self.preset_lr:
+            return f"raise the learning rate ×{factor} (training.lr: {self.preset_lr:.3g} → {self.preset_lr * factor:.2g})"
+        if self.lr_max:
+            return (f"raise the learning rate ×{factor} (the highest logged rate was {self.lr_max:.3g}: "
+                    f"training.lr about {self.lr_max * factor:.2g})")
+        return f"raise the learning rate ×{factor} (training.lr)"
+
+    def raise_lr_change(self, factor: int = 3) -> dict:
+        """The preset change behind raise_lr_advice, when the preset's rate is known."""
+        return {"training.lr": float(f"{self.preset_lr * factor:.2g}")} if self.preset_lr else {}
 
 
 # --------------------------------------------------------------------------- rules
@@ -194,7 +242,8 @@ def _nan_rule(series: Series, ctx: _Context) -> list[Finding]:
     findings = []
     bad: dict[str, list[tuple[int, float]]] = {}
     total: dict[str, int] = {}
-    for name in ("loss", "eval_loss", "grad_norm"):
+    # A preference run's log-probs and rewards turn NaN on their own (an answer cut to no tokens).
+    for name in ("loss", "eval_loss", "grad_norm", *(PREFERENCE_METRICS if ctx.preference else ())):
         points = _clean(series.get(name))
         total[name] = len(points)
         nonfinite = [(s, v) for s, v in points if not math.isfinite(v)]
@@ -204,7 +253,7 @@ def _nan_rule(series: Series, ctx: _Context) -> list[Finding]:
         return findings
 
     loss_points = _clean(series.get("loss"))
-    grad_only = "loss" not in bad and "eval_loss" not in bad
+    grad_only = set(bad) == {"grad_norm"}
     if grad_only and ctx.precision == "fp16":
         # The fp16 loss scaler skips a step whenever the scaled gradients overflow, and lowers the
         # scale: a few inf grad norms early on are its normal search, not a broken run.
@@ -238,7 +287,7 @@ def _nan_rule(series: Series, ctx: _Context) -> list[Finding]:
     if lr is not None:
         evidence["lr"] = _round(lr)
 
-    names = " and ".join(bad)
+    names = " and ".join(list(bad)[:3]) + (" …" if len(bad) > 3 else "")
     first_value = next(points[0][1] for points in bad.values() if points[0][0] == first_step)
     if ctx.precision == "fp16":
         advice = (
@@ -252,10 +301,14 @@ def _nan_rule(series: Series, ctx: _Context) -> list[Finding]:
             f"and add warmup; check the data around step {first_step} for empty or extreme samples "
             f"(tunebench doctor PRESET).{maybe_fp16}"
         )
+    if ctx.preference:
+        advice += (" In a preference run, NaN log-probs also come from a chosen or rejected answer with no tokens left: "
+                   "empty answers, or prompts that data.max_length cuts the answers off (raise it or drop such pairs).")
+    change = {"training.precision": "bf16"} if ctx.precision == "fp16" else ctx.lower_lr_change()
     findings.append(Finding(
         rule="nan", severity="error",
         title=f"{names} became {first_value} at step {first_step}",
-        advice=advice, step_start=first_step, step_end=last_step, evidence=evidence,
+        advice=advice, step_start=first_step, step_end=last_step, evidence=evidence, change=change,
     ))
     return findings
 
@@ -311,7 +364,7 @@ def _divergence_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Findi
                 + (" — above where it started" if lost_all else "")
             ),
             advice=advice, step_start=turn_step, step_end=steps[-1], evidence={"kind": "rise", **evidence},
-            key=CLIMB_KEY,
+            key=CLIMB_KEY, change={**ctx.lower_lr_change(), **ctx.warmup_change()},
         )]
 
     # A steady climb over the recent window, smaller than the jump above but consistent.
@@ -332,7 +385,7 @@ def _divergence_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Findi
                 advice=advice, step_start=start_step, step_end=steps[-1],
                 evidence={"kind": "trend", **evidence, "trend_tau": _round(tau), "window_start_loss": _round(level_start),
                           "window_end_loss": _round(level_end)},
-                key=CLIMB_KEY,
+                key=CLIMB_KEY, change={**ctx.lower_lr_change(), **ctx.warmup_change()},
             )]
     return []
 
@@ -389,6 +442,7 @@ def _spike_rule(loss: list[tuple[int, float]], ctx: _Context, metric: str = "los
         step_start=spike_steps[0], step_end=spike_steps[-1],
         evidence={"count": len(spikes), "steps": spike_steps[:20], "largest": _round(spikes[worst]["value"]),
                   "median_before": _round(spikes[worst]["median_before"]), "ratio": _round(ratios[worst])},
+        change={"training.max_grad_norm": clip / 2 if clip else 1.0, **ctx.lower_lr_change(2)},
     )]
 
 
@@ -508,6 +562,7 @@ def _oscillation_rule(loss: list[tuple[int, float]], ctx: _Context) -> list[Find
             step_start=steps[-window], step_end=steps[-1],
             evidence={"swing_rel": _round(swing), "swing_nats": _round(swing_nats), "progress": _round(progress),
                       "level": _round(level), "points": window},
+            change=ctx.lower_lr_change(3),
         )]
     return []
 
@@ -565,6 +620,7 @@ def _overfitting_rule(loss: list[tuple[int, float]], eval_loss: list[tuple[int, 
                 "or weight decay, fewer epochs."
             ),
             step_start=best_step, step_end=steps[-1], evidence=evidence,
+            change={"training.load_best_at_end": True, "training.early_stopping_patience": 2},
         )]
     if len(after) >= 2 and rise_rel > 0.01 and rise >= OVERFIT_FLOOR_NATS / 2:
         return [Finding(
@@ -633,6 +689,7 @@ def _grad_rule(grads: list[tuple[int, float]], loss: list[tuple[int, float]], ct
                 step_start=steps[low_index], step_end=steps[-1],
                 evidence={"kind": "exploding", "grad_norm_now": _round(current), "grad_norm_lowest": _round(floor),
                           "grad_norm_early": _round(early)},
+                change=ctx.lower_lr_change(),
             ))
         loss_values = [v for _, v in loss]
         still_high = len(loss_values) >= SMOOTH and median(loss_values[-SMOOTH:]) >= 0.5 * median(loss_values[:SMOOTH])
@@ -668,7 +725,240 @@ def _grad_rule(grads: list[tuple[int, float]], loss: list[tuple[int, float]], ct
                 step_start=steps[0], step_end=steps[-1],
                 evidence={"kind": "clipping", "share": _round(share), "median_grad_norm": _round(median(values)),
                           "max_grad_norm": clip, "ratio": _round(ratio)},
+                change=ctx.lower_lr_change() if heavy else {},
             ))
+    return findings
+
+
+# --------------------------------------------------------------------------- preference stages
+# Rules on the metrics TRL logs for dpo, orpo, kto and simpo (presets/stages.py PREFERENCE_METRICS):
+# they run only for preference runs, whose loss has another scale (DPO starts at ln 2) and whose
+# progress shows in the rewards rather than in the loss alone.
+
+
+def is_preference_run(stage: str | None, series: Series) -> bool:
+    """The stage says it; without one (an old or unreadable preset), the preference metrics do."""
+    if stage is not None:
+        return stage in STAGES and STAGES[stage].is_preference
+    return any(series.get(name) for name in PREFERENCE_METRICS)
+
+
+def _abs_noise(values: Sequence[float]) -> float:
+    """Robust noise of one logged point in the values' own units (rewards can be 0 or negative:
+    no logs): second differences cancel a linear trend and have σ·√6, median |·| = 1.65σ."""
+    second = [abs(a - 2 * b + c) for a, b, c in zip(values, values[1:], values[2:])]
+    return median(second) / 1.65 if second else 0.0
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _standard_error(values: Sequence[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def _before(points: list[tuple[int, float]], step: int | None) -> list[tuple[int, float]]:
+    return points if step is None else [(s, v) for s, v in points if s < step]
+
+
+def _pref_accuracy_rule(series: Series, ctx: _Context, cut: int | None) -> list[Finding]:
+    """rewards/accuracies stuck at chance (nothing learnt), or clearly below it (labels swapped)."""
+    acc = _before(_finite(_clean(series.get("rewards/accuracies"))), cut)
+    if len(acc) < PREF_MIN_POINTS:
+        return []
+    steps = [s for s, _ in acc]
+    values = [v for _, v in acc]
+    third = max(SMOOTH, len(values) // 3)
+    # Batch accuracies are shares of a few pairs (0, 0.5, 1 at batch 2): means, not medians.
+    level, early = _mean(values[-third:]), _mean(values[:third])
+    error = _standard_error(values[-third:])
+    tau = kendall_tau(values[3:])
+    margins = _before(_finite(_clean(series.get("rewards/margins"))), cut)
+    margin = median(v for _, v in margins[-third:]) if margins else None
+    evidence = {"accuracy": _round(level), "accuracy_early": _round(early), "standard_error": _round(error),
+                "trend_tau": _round(tau), "points": len(values)}
+    if margin is not None:
+        evidence["margin"] = _round(margin)
+    rising = (level - early >= PREF_ACC_MIN_GAIN and tau > 0) or tau >= PREF_ACC_RISING_TAU
+    # TRL counts a tie (equal rewards) as wrong: an accuracy under chance with margins at 0 is no learning.
+    # Without a reference (orpo, simpo) the start is the base model's own preference: climbing from
+    # under chance is learning.
+    inverted = (level + PREF_ACC_NOISE * error < PREF_CHANCE - PREF_ACC_BAND and (margin is None or margin < 0)
+                and not rising)
+    if inverted:
+        return [Finding(
+            rule="pref_accuracy", severity="warning",
+            title=f"the model prefers the rejected answers: reward accuracy {level:.0%} since step {steps[-third]}",
+            advice=(
+                "Chosen and rejected are probably swapped: check which column is which (data.columns.chosen and "
+                "data.columns.rejected; for kto the judgement, data.columns.label) on a few rows (tunebench doctor PRESET)."
+            ),
+            step_start=steps[-third], step_end=steps[-1], evidence={"kind": "inverted", **evidence},
+        )]
+    near_chance = level < PREF_CHANCE + PREF_ACC_BAND
+    if not near_chance or rising:
+        return []
+    return [Finding(
+        rule="pref_accuracy", severity="warning",
+        title=(f"the reward accuracy stays near chance: {level:.0%} over the last {third} logged points "
+               f"({early:.0%} at the start)"),
+        advice=(
+            f"The model does not learn to tell chosen from rejected: {ctx.raise_lr_advice()} or raise preference.beta "
+            "(the loss's gradient grows with it); check that the pairs differ where the model sees them (answers cut "
+            "by data.max_length, chosen and rejected identical after the chat template, labels that look random)."
+        ),
+        step_start=steps[0], step_end=steps[-1], evidence={"kind": "stuck", **evidence}, change=ctx.raise_lr_change(),
+    )]
+
+
+def _pref_margins_rule(series: Series, ctx: _Context, cut: int | None) -> list[Finding]:
+    """rewards/margins falling back from their best, or flat while the learning rate is still high."""
+    margins = _before(_finite(_clean(series.get("rewards/margins"))), cut)
+    if len(margins) < PREF_MIN_POINTS:
+        return []
+    steps = [s for s, _ in margins]
+    values = [v for _, v in margins]
+    noise = _abs_noise(values)
+    wide = rolling_median(values, BEST_WINDOW)
+    # The level now over as wide a window as the best's, which lies before it: a few noisy batches
+    # do not make a fall.
+    recent_window = max(BEST_WINDOW, len(values) // 5)
+    best_index = max(range(BEST_WINDOW - 1, max(BEST_WINDOW, len(wide) - recent_window)), key=lambda i: wide[i])
+    best, current = wide[best_index], median(values[-recent_window:])
+    acc = _before(_finite(_clean(series.get("rewards/accuracies"))), cut)
+    accuracy = _mean([v for _, v in acc[-max(SMOOTH, len(acc) // 3):]]) if acc else None
+    evidence = {"best_margin": _round(best), "best_step": steps[best_index], "margin_now": _round(current),
+                "noise": _round(noise), "points": len(values)}
+    if accuracy is not None:
+        evidence["accuracy_now"] = _round(accuracy)
+    if best > 0 and best - current > max(PREF_MARGIN_FALL * best, PREF_MARGIN_NOISE * noise) and values[-1] < best:
+        return [Finding(
+            rule="pref_margins", severity="warning",
+            title=f"the reward margins shrink: {_fmt(current)} now against {_fmt(best)} around step {steps[best_index]}",
+            advice=(
+                f"The preference learnt so far is being undone: {ctx.lower_lr_advice(3)}; if the eval margins "
+                "(eval_rewards/margins) fall too, keep the checkpoint near the best step (training.keep_best)."
+            ),
+            step_start=steps[best_index], step_end=steps[-1], evidence={"kind": "shrinking", **evidence},
+            change=ctx.lower_lr_change(3),
+        )]
+    window = max(PLATEAU_STALL_POINTS, len(values) // 3)
+    recent = values[-window:]
+    half = len(recent) // 2
+    before, after = median(recent[:half]), median(recent[half:])
+    growth = after - before
+    lr_now = ctx.lr_at(steps[-1])
+    lr_low = lr_now is not None and ctx.lr_max and lr_now < 0.5 * ctx.lr_max
+    saturated = accuracy is not None and accuracy >= 0.95  # every pair told apart: growing further only overfits
+    if lr_low or saturated or growth > PREF_MARGIN_STALL * max(abs(before), abs(after), ZERO):
+        return []
+    severity = "warning" if accuracy is not None and accuracy < PREF_MARGIN_STALL_ACC else "info"
+    return [Finding(
+        rule="pref_margins", severity=severity,
+        title=(f"the reward margins stopped growing at about {_fmt(after)} since step {steps[-window]}"
+               + (f", reward accuracy {accuracy:.0%}" if accuracy is not None else "")),
+        advice=(
+            "With the learning rate still high the preference no longer improves: the remaining pairs may be "
+            "mislabelled or too alike to learn (look at the pairs the model gets wrong), or the steps too large to "
+            f"settle ({ctx.lower_lr_advice(3)}); a larger preference.beta keeps the model nearer its reference."
+        ),
+        step_start=steps[-window], step_end=steps[-1],
+        evidence={"kind": "stalled", **evidence, "window_growth": _round(growth), "lr_now": _round(lr_now or 0.0)},
+    )]
+
+
+def _pref_chosen_rule(series: Series, ctx: _Context, cut: int | None) -> list[Finding]:
+    """The chosen reward going down with the rejected one: the preferred answers lose likelihood too."""
+    chosen = _before(_finite(_clean(series.get("rewards/chosen"))), cut)
+    rejected = _before(_finite(_clean(series.get("rewards/rejected"))), cut)
+    if len(chosen) < PREF_CHOSEN_MIN_POINTS or len(rejected) < PREF_CHOSEN_MIN_POINTS:
+        return []
+    steps = [s for s, _ in chosen]
+    values = [v for _, v in chosen]
+    rejected_values = [v for _, v in rejected]
+    noise = _abs_noise(values)
+    # The start is where both rewards are 0 (the reference's own likelihoods); the level now over a
+    # wide window, since a batch of a few pairs moves the rewards a lot.
+    window = max(BEST_WINDOW, len(values) // 5)
+    chosen_early, chosen_now = median(values[:SMOOTH]), median(values[-window:])
+    rejected_early, rejected_now = median(rejected_values[:SMOOTH]), median(rejected_values[-window:])
+    chosen_fall, rejected_fall = chosen_early - chosen_now, rejected_early - rejected_now
+    tau = kendall_tau(values[SMOOTH:])
+    if chosen_fall <= max(PREF_CHOSEN_NOISE * noise, ZERO) or tau > PREF_CHOSEN_TAU or rejected_fall <= 0:
+        return []
+    share = chosen_fall / rejected_fall
+    evidence = {"chosen_early": _round(chosen_early), "chosen_now": _round(chosen_now),
+                "rejected_early": _round(rejected_early), "rejected_now": _round(rejected_now),
+                "share_of_rejected_fall": _round(share), "trend_tau": _round(tau), "noise": _round(noise)}
+    logps = [v for _, v in _before(_finite(_clean(series.get("logps/chosen"))), cut)]
+    if len(logps) >= 2 * SMOOTH:
+        evidence.update(logps_chosen_early=_round(median(logps[:SMOOTH])),
+                        logps_chosen_now=_round(median(logps[-window:])))
+    if share >= PREF_CHOSEN_SHARE:
+        return [Finding(
+            rule="pref_chosen", severity="warning",
+            title=(f"the chosen reward falls with the rejected one: {_fmt(evidence['chosen_early'])} → "
+                   f"{_fmt(evidence['chosen_now'])} ({share:.0%} of the rejected reward's fall)"),
+            advice=(
+                "The preferred answers lose likelihood too: the margin grows by pushing both answers down, which "
+                "degrades generations. Raise preference.beta (stay nearer the reference), "
+                f"{ctx.lower_lr_advice(3)}, or train sft on the chosen answers first and start from that run "
+                "(model.start_from); stage orpo keeps an SFT term on the chosen answers."
+            ),
+            step_start=steps[0], step_end=steps[-1], evidence={"kind": "falling", **evidence},
+            change=ctx.lower_lr_change(3),
+        )]
+    return [Finding(
+        rule="pref_chosen", severity="info",
+        title=(f"the chosen reward drifts down ({_fmt(evidence['chosen_early'])} → {_fmt(evidence['chosen_now'])}) "
+               "while the rejected one falls faster"),
+        advice="Common in DPO while the margins grow; if it keeps falling, compare answers on the probes and raise preference.beta.",
+        step_start=steps[0], step_end=steps[-1], evidence={"kind": "drifting", **evidence},
+    )]
+
+
+def _pref_easy_rule(loss: list[tuple[int, float]], series: Series, ctx: _Context) -> list[Finding]:
+    """A preference loss near zero within the first steps: the pairs are too easy, or the answer leaks."""
+    early_limit = max(20, int(0.1 * ctx.total_steps)) if ctx.total_steps else 50
+    early = [(s, v) for s, v in loss if s <= early_limit]
+    if len(early) < 3:
+        return []
+    smooth = rolling_median([v for _, v in early], 3)
+    low_index = next((i for i in range(2, len(smooth)) if smooth[i] < PREF_EASY_LOSS_NATS), None)
+    if low_index is None:
+        return []
+    step = early[low_index][0]
+    evidence = {"loss": _round(smooth[low_index]), "step": step, "first_loss": _round(early[0][1]),
+                "early_limit": early_limit}
+    for name, key in (("rewards/accuracies", "accuracy"), ("rewards/margins", "margin")):
+        points = [v for s, v in _finite(_clean(series.get(name))) if s <= step]
+        if points:
+            evidence[key] = _round(points[-1])
+    return [Finding(
+        rule="pref_easy", severity="warning",
+        title=f"the preference loss is {_fmt(smooth[low_index])} already at step {step}: the pairs are too easy",
+        advice=(
+            "The model tells chosen from rejected at a glance, so it learns little about quality: rejected answers "
+            "that are empty, cut short (data.max_length), in another format or language, or a prompt that contains "
+            "the chosen answer. Check the pairs (tunebench doctor PRESET) and make the rejected answers plausible."
+        ),
+        step_start=early[0][0], step_end=step, evidence=evidence,
+    )]
+
+
+def _preference_rules(loss: list[tuple[int, float]], series: Series, ctx: _Context, cut: int | None) -> list[Finding]:
+    findings = _pref_accuracy_rule(series, ctx, cut)
+    margins = _pref_margins_rule(series, ctx, cut)
+    if findings:
+        # Margins flat at zero are the same finding as an accuracy stuck at chance.
+        margins = [f for f in margins if f.evidence.get("kind") != "stalled"]
+    findings += margins
+    findings += _pref_chosen_rule(series, ctx, cut)
+    findings += _pref_easy_rule(loss, series, ctx)
     return findings
 
 
@@ -683,6 +973,7 @@ def analyse(
     max_grad_norm: float | None = None,
     total_steps: int | None = None,
     preset_lr: float | None = None,
+    stage: str | None = None,
 ) -> list[Finding]:
     """Findings on a run's metrics.
 
@@ -690,8 +981,11 @@ def analyse(
     `precision` ("fp16", "bf16", "fp32" or "auto") shapes the NaN advice; `max_grad_norm` enables
     the clipping rule; `total_steps` tells how early "early" is; `preset_lr` is the preset's
     training.lr, which the advice quotes (without it, the advice can only name the highest logged rate).
+    `stage` (presets/stages.py; None: told by the metrics) turns on the preference rules, which replace
+    the SFT rules that misread a preference loss (divergence, spikes, plateau, oscillation, early low loss).
     """
     ctx = _Context(series, precision, lr_schedule, max_grad_norm, total_steps, preset_lr)
+    ctx.preference = is_preference_run(stage, series)
     all_loss = _clean(series.get("loss"))
     loss = _finite(all_loss)
     eval_loss = _finite(_clean(series.get("eval_loss")))
@@ -699,21 +993,31 @@ def analyse(
     epochs = _finite(_clean(series.get("epoch")))
 
     findings = _nan_rule(series, ctx)
+    nan_step = None
     if any(f.rule == "nan" and f.severity == "error" for f in findings):
+        nan_step = findings[0].step_start
         # After a NaN the rest of the curve says nothing more: the NaN is the finding.
         loss = [(s, v) for s, v in loss if s < findings[0].step_start]
         grads = [(s, v) for s, v in grads if s < findings[0].step_start]
-    findings += _divergence_rule(loss, ctx)
-    diverging = any(f.rule == "divergence" for f in findings)
-    findings += _spike_rule(loss, ctx)
-    if not diverging:
-        # A diverging loss is also flat-or-noisy; the divergence is the finding that explains it.
-        findings += _plateau_rule(loss, ctx)
-        findings += _oscillation_rule(loss, ctx)
-    elif ctx.lr and max(v for _, v in ctx.lr) <= ZERO:
-        findings += _plateau_rule(loss, ctx)
+    if ctx.preference:
+        # A preference loss creeps down from ln 2 and, averaged over a few pairs, jumps with each batch's
+        # hardest pair: the SFT readings of its shape (divergence, spikes, plateau, oscillation, early
+        # low loss) misfire. The reward accuracy and margins tell progress and its undoing instead.
+        findings += [f for f in _plateau_rule(loss, ctx) if f.evidence.get("kind") == "zero_lr"]
+        findings += _preference_rules(loss, series, ctx, nan_step)
+    else:
+        findings += _divergence_rule(loss, ctx)
+        diverging = any(f.rule == "divergence" for f in findings)
+        findings += _spike_rule(loss, ctx)
+        if not diverging:
+            # A diverging loss is also flat-or-noisy; the divergence is the finding that explains it.
+            findings += _plateau_rule(loss, ctx)
+            findings += _oscillation_rule(loss, ctx)
+        elif ctx.lr and max(v for _, v in ctx.lr) <= ZERO:
+            findings += _plateau_rule(loss, ctx)
     findings += _overfitting_rule(loss, eval_loss, ctx, epochs)
-    findings += _low_loss_rule(loss, ctx)
+    if not ctx.preference:
+        findings += _low_loss_rule(loss, ctx)
     findings += _grad_rule(grads, loss, ctx)
     findings.sort(key=lambda f: (-SEVERITY_RANK[f.severity], f.step_start if f.step_start is not None else -1))
     return findings

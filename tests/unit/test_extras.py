@@ -33,7 +33,7 @@ def test_every_optional_package_is_in_the_extra_its_message_names():
 
 def test_the_test_extra_brings_every_feature_the_suite_tests():
     test = PROJECT["optional-dependencies"]["test"]
-    assert "tunebench[gpu,eval,yaml,merge]" in test and "tensorboard" in {_name(r) for r in test}
+    assert "tunebench[gpu,eval,yaml,merge,preference]" in test and "tensorboard" in {_name(r) for r in test}
 
 
 def test_every_dependency_has_an_upper_bound():
@@ -43,7 +43,7 @@ def test_every_dependency_has_an_upper_bound():
 
 def test_the_lock_pins_every_package_the_test_extra_added():
     lock = {_name(line) for line in (ROOT / "requirements.lock").read_text().splitlines() if "==" in line}
-    for package in ("tensorboard", "argcomplete", "bitsandbytes", "rouge-score", "sacrebleu", "tree-sitter-yaml"):
+    for package in ("tensorboard", "argcomplete", "bitsandbytes", "rouge-score", "sacrebleu", "tree-sitter-yaml", "trl"):
         assert package in lock
 
 

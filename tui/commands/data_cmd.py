@@ -12,7 +12,8 @@ HISTOGRAM_WIDTH = 40
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "data", help="load a train preset's data and report on it (formats, drops, lengths, label mask)"
+        "data", help="load a train preset's data and report on it (formats, drops, lengths, label mask; "
+        "pairs for the preference stages)"
     )
     add_preset_args(parser)
     # Also after the verb (`tunebench data demo -w ws`); SUPPRESS keeps the global value when absent.
@@ -35,21 +36,47 @@ def _data(args: argparse.Namespace) -> int:
 
     tokenizer = load_tokenizer(preset.model)
     out = console()
+    from presets.stages import STAGES
+
+    if STAGES[preset.stage].is_preference:
+        return _preference(args, preset, tokenizer, out)
     # The seed and the cache are the run's: a later `train` or `submit` of this preset loads these rows.
     with _preparing(console(stderr=True)) as progress:
         bundle = build_datasets(preset.data, tokenizer, seed=preset.data.shuffle_seed, cache_dir=ws.cache_dir,
                                 progress=progress)  # DataError names the file, line or key
     report = bundle.report
     if args.json:
-        import json
-        import sys
-
-        # Plain stdout: Rich would wrap long lines, and JSON strings cannot hold raw newlines.
-        sys.stdout.write(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+        _write_json(report.to_dict())
         return 0
     _print_report(out, preset.name, report, preset.training.batch_size)
     out.print(f"\n  cache: {'hit' if bundle.cache_hit else 'prepared'} {bundle.cache_key} (`tunebench cache ls`)")
     return 0
+
+
+def _preference(args: argparse.Namespace, preset, tokenizer, out) -> int:
+    """The pair report of a preference stage (dpo, orpo, simpo, kto)."""
+    from rich.text import Text
+
+    from engine.data import build_preference_datasets
+
+    with _preparing(console(stderr=True)) as progress:
+        bundle = build_preference_datasets(preset, tokenizer, seed=preset.data.shuffle_seed, progress=progress)
+    report = bundle.report
+    if args.json:
+        _write_json(report.to_dict())
+        return 0
+    out.print(Text.assemble(("data of preset ", "bold"), (preset.name, "bold cyan")))
+    for line in report.lines():
+        out.print(Text("  " + line, style="yellow" if line.startswith("warning:") else ""))
+    return 0
+
+
+def _write_json(data: dict) -> None:
+    import json
+    import sys
+
+    # Plain stdout: Rich would wrap long lines, and JSON strings cannot hold raw newlines.
+    sys.stdout.write(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 class _preparing:

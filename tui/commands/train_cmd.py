@@ -140,6 +140,10 @@ def _train(args: argparse.Namespace) -> int:
     preset = load_preset_from_args(args, kind="train")
     ws = workspace(args)
     preset = resolve_paths(preset, ws.root)
+    if preset.model.start_from and not Path(preset.model.start_from).is_dir():
+        from jobs.targets import resolve_train_preset
+
+        preset = resolve_train_preset(preset, ws)  # a run id of this workspace: its result folder
     run_dir = _run_dir(args, preset.name)
 
     from engine.train import train

@@ -17,15 +17,16 @@ from textual.widgets import ProgressBar
 
 from tui import format as fmt
 from tui.format import user_message
-from tui.feed import PLOT_TITLES, PLOTS, DashboardFeed, DashboardUpdate, PlotLine
-from tui.screens.modals import confirm_cancel
+from tui.feed import PLOT_TITLES, PLOTS, PREFERENCE_PLOTS, DashboardFeed, DashboardUpdate, PlotLine
+from tui.fixes import change_text, fix_copy, fixable
+from tui.screens.modals import FixScreen, confirm_cancel
 from tui.screens.polled import PolledScreen
 from tui.widgets.panels import FindingsPanel, KeyFigures, WrappedLog
 from tui.widgets.plot import Line, MetricPlot
 from tui.widgets.status import KeyFooter, StatusLine
 from tui.widgets.text_line import TextLine
 
-SMOOTHABLE = {"loss", "grad_norm", "tokens"}
+SMOOTHABLE = {"loss", "grad_norm", "tokens", "preference", "rewards"}
 VALUE_FORMATS = {
     "lr": lambda v: f"{v:.2e}",
     "memory": lambda v: f"{v:.1f}",
@@ -43,6 +44,9 @@ class DashboardScreen(PolledScreen):
         Binding("z", "zoom", "Zoom plot"),
         Binding("m", "toggle_smoothing", "Smooth"),
         Binding("g", "toggle_log_scale", "Log scale"),
+        # Shown only while a finding suggests a change (check_action).
+        Binding("f", "fix_preset", "Fix preset"),
+        Binding("x", "export", "Export plots + CSV", show=False),
     ]
 
     class Updated(Message):
@@ -62,6 +66,7 @@ class DashboardScreen(PolledScreen):
         self._plots: dict[str, list[PlotLine]] = {}
         self._event_lines: list[str] = []
         self._log_lines: list[str] = []
+        self._findings: list[dict] = []
 
     def compose(self) -> ComposeResult:
         yield StatusLine("Run")
@@ -72,6 +77,8 @@ class DashboardScreen(PolledScreen):
         with Grid(id="plots"):
             for plot_id in PLOTS:
                 yield MetricPlot(PLOT_TITLES[plot_id], id=f"plot-{plot_id}")
+            for plot_id in PREFERENCE_PLOTS:  # shown for preference runs only (the grid's class)
+                yield MetricPlot(PLOT_TITLES[plot_id], id=f"plot-{plot_id}", classes="preference-plot")
             yield KeyFigures(id="figures")
         with Horizontal(id="dash-bottom"):
             yield WrappedLog(max_lines=self.app.config.log_tail_lines, id="run-log")
@@ -138,6 +145,7 @@ class DashboardScreen(PolledScreen):
         self.query_one(StatusLine).set_title(f"Run {run.name}")
         self._show_head(run)
         self._show_progress(run, update)
+        self.query_one("#plots").set_class(update.preference, "preference")
         if update.plots is not None:
             self._plots = update.plots
             self._draw_plots()
@@ -155,6 +163,7 @@ class DashboardScreen(PolledScreen):
             if self.show_events:
                 self.query_one("#run-log", WrappedLog).write_lines(lines)
         if update.findings is not None:
+            self._findings = update.findings
             self.query_one(FindingsPanel).show(update.findings)
         # One last read after the run ends has everything: stop polling (the view is frozen).
         if run.state not in fmt.ACTIVE_STATES and update.rows_read == 0 and not update.log_text:
@@ -208,11 +217,14 @@ class DashboardScreen(PolledScreen):
         self.query_one("#dash-eta", TextLine).show(text)
 
     def _draw_plots(self) -> None:
-        for plot_id in PLOTS:
+        shown = [*PLOTS, *PREFERENCE_PLOTS] if self.query_one("#plots").has_class("preference") else PLOTS
+        for plot_id in shown:
             plot = self.query_one(f"#plot-{plot_id}", MetricPlot)
             lines = self._plots.get(plot_id, [])
             smooth = self.smoothing and plot_id in SMOOTHABLE
-            drawn = [Line(l.label, *(l.smoothed if smooth and l.label != "eval" else l.raw), l.colour) for l in lines]
+            # Evaluations are few and already averaged over the whole validation set: never smoothed.
+            drawn = [Line(l.label, *(l.smoothed if smooth and not l.label.startswith("eval") else l.raw), l.colour)
+                     for l in lines]
             notes = []
             if smooth:
                 notes.append("smoothed")
@@ -261,6 +273,8 @@ class DashboardScreen(PolledScreen):
             return bool(run and run.state in fmt.ACTIVE_STATES) or None
         if action == "resume_run":
             return bool(run and run.state in ("interrupted", "cancelled", "failed")) or None
+        if action == "fix_preset":
+            return bool(run and fixable(self._findings))
         return True
 
     def action_cancel_run(self) -> None:
@@ -273,3 +287,46 @@ class DashboardScreen(PolledScreen):
         name = self.run.name
         self.app.call_blocking(f"resume {name}", self.app.backend.resume, self.run_id,
                                then=lambda _: self.notify(f"{name} queued to resume.", timeout=4))
+
+    # ----------------------------------------------------------------- advice to action, export
+
+    def action_fix_preset(self) -> None:
+        """A copy of the run's preset with a finding's suggested change, opened in the Presets editor."""
+        found = fixable(self._findings)
+        if not found:
+            self.notify("No finding of this run suggests a change to its preset.", severity="warning")
+        elif len(found) == 1:
+            self._fix(found[0])
+        else:
+            self.app.push_screen(FixScreen(found), lambda finding: finding and self._fix(finding))
+
+    def _fix(self, finding: dict) -> None:
+        change = dict(finding["change"])
+
+        def made(result) -> None:
+            name, _path = result
+            self.app.notify(f"{name}: {change_text(change)}. Review it, then ctrl+r submits.",
+                            title=f"fix for {finding.get('rule')}", timeout=8)
+            self.app.action_open_screen("presets", preset=name)
+
+        self.app.call_blocking("copy the preset with the fix", fix_copy, self.app.backend.workspace,
+                               self.run_id, change, then=made)
+
+    def action_export(self) -> None:
+        """The plots as shown (SVG) and every metric (CSV) into runs/<id>/exports/."""
+        from jobs.export import export_dir, save_metrics_csv
+
+        run = self.run
+        if run is None:
+            return
+        stem = f"{run.name}-step{run.step}"
+        svg = self.app.export_screenshot(title=f"{run.name} · step {run.step}")  # the screen's frame: on this thread
+        backend = self.app.backend
+
+        def save() -> list:
+            folder = export_dir(backend.workspace, run.id)
+            (folder / f"{stem}.svg").write_text(svg, encoding="utf-8")
+            return [folder / f"{stem}.svg", save_metrics_csv(backend.store, backend.workspace, run.id, stem)]
+
+        self.app.call_blocking("export the plots and metrics", save,
+                               then=lambda paths: self.notify(f"Saved {paths[0]} and {paths[1].name}.", timeout=6))

@@ -32,6 +32,12 @@ def metric_rows(results: dict) -> list[tuple[str, dict[str, float | None], float
     losses = {s: loss.get(s, {}).get("eval_loss") for s in sides}
     if any(v is not None for v in losses.values()):
         rows.append(("eval loss", losses, max((v for v in losses.values() if v is not None), default=1.0) or 1.0, True))
+    preference = results.get("preference", {})  # a preference run's evaluation: how each side ranks the pairs
+    for key, label in (("accuracy", "preference accuracy"), ("margin", "mean margin (log-prob)")):
+        values = {s: preference.get(s, {}).get(key) for s in sides}
+        if any(v is not None for v in values.values()):
+            scale = 1.0 if key == "accuracy" else max((abs(v) for v in values.values() if v is not None), default=1.0) or 1.0
+            rows.append((label, values, scale, False))
     for key, label, scale in GENERATION_METRICS:
         values = {s: generation.get(s, {}).get(key) for s in sides}
         if any(v is not None for v in values.values()):

@@ -75,7 +75,12 @@ class FindingsPanel(VerticalScroll):
                                        rule=str(finding.get("rule", "")), where=where,
                                        title=str(finding.get("title", "")))
             advice = finding.get("advice")
-            blocks.append(head + (Content.from_markup("\n  → $advice", advice=str(advice)) if advice else Content("")))
+            block = head + (Content.from_markup("\n  → $advice", advice=str(advice)) if advice else Content(""))
+            if isinstance(finding.get("change"), dict) and finding["change"]:
+                from tui.fixes import change_text
+
+                block += Content.from_markup("\n  [$accent]f[/] fix: $change", change=change_text(finding["change"]))
+            blocks.append(block)
         self.update(Content("\n").join(blocks))
 
 

@@ -25,8 +25,9 @@ class MetricPlot(PlotextPlot, can_focus=True):
 
     ALLOW_MAXIMIZE = True
 
-    def __init__(self, title: str, *, empty: str = "waiting for the first report", id: str | None = None):
-        super().__init__(id=id)
+    def __init__(self, title: str, *, empty: str = "waiting for the first report", id: str | None = None,
+                 classes: str | None = None):
+        super().__init__(id=id, classes=classes)
         self.title_text = title
         self.empty_text = empty
         self.lines: list[Line] = []
