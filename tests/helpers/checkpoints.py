@@ -42,10 +42,10 @@ def write_checkpoint(folder: Path, step: int, *, adapter: bool = True, eval_loss
 
 
 def fake_trained_run(ws: Workspace, *, method: str = "lora", steps=(10, 20, 30), name: str = "trained",
-                     final: bool = True, state: str = "completed") -> str:
+                     final: bool = True, state: str = "completed", run_id: str | None = None) -> str:
     """A run with checkpoints at `steps` (eval losses EVAL_LOSS: best is step 20) and final/."""
     store: Store = open_store(ws)
-    run = store.create_run("train", name, train_preset_yaml(ws, method))
+    run = store.create_run("train", name, train_preset_yaml(ws, method), run_id=run_id)
     store.set_state(run.id, "running")
     run_dir = ws.run_dir(run.id)
     adapter = method not in ("full", "freeze")
