@@ -23,9 +23,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jobs.store import (JOURNAL_FILE, PRESET_FILE, RUN_RECORD_FILE, SCHEMA_VERSION, TRANSITIONS, Store, StoreError,
-                        _dumps, finding_key, is_corruption, merge_finding, open_store, run_folders, run_record,
-                        write_run_record)
+from jobs.store import (JOURNAL_FILE, PRESET_FILE, RUN_RECORD_FILE, SCHEMA_VERSION, TRANSITIONS, BadTag, Store,
+                        StoreError, _dumps, check_tag, finding_key, is_corruption, merge_finding, open_store,
+                        run_folders, run_record, write_run_record)
 from jobs.workspace import Workspace
 
 REBUILD_SUFFIX = ".rebuilding"
@@ -193,6 +193,17 @@ def read_journal(path: Path) -> FolderHistory:
     return history
 
 
+def _tags(value) -> list[str]:
+    """The tags run.json holds; one a hand edit made unusable is dropped, not the run."""
+    tags = []
+    for tag in value if isinstance(value, list) else []:
+        try:
+            tags.append(check_tag(tag))
+        except BadTag:
+            continue
+    return list(dict.fromkeys(tags))
+
+
 def _legacy_record(folder: Path, preset_yaml: str) -> dict:
     """A folder from before run.json: the preset gives kind and name, the files the outcome."""
     import yaml
@@ -351,13 +362,15 @@ def _rebuild_run(store: Store, folder: Path, report: RebuildReport) -> None:
         conn.execute(
             "insert into runs (id, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, gpu, "
             "error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss, "
-            "best_eval_step, info, attempt, active_seconds) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "best_eval_step, info, attempt, active_seconds, tags, note) "
+            "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (run_id, str(record.get("kind") or "train"), name, state, int(record.get("priority") or 0), preset_yaml,
              float(record.get("created_at") or now), started_at, finished_at, record.get("gpu"), error, advice,
              record.get("parent_run"), record.get("parent_checkpoint"), int(record.get("step") or 0),
              record.get("total_steps") or info.get("total_steps"), _number(record.get("last_loss")),
              _number(record.get("best_eval_loss")), record.get("best_eval_step"), _dumps(info),
-             int(record.get("attempt") or 1), float(record.get("active_seconds") or 0.0)),
+             int(record.get("attempt") or 1), float(record.get("active_seconds") or 0.0),
+             json.dumps(_tags(record.get("tags"))), str(record.get("note") or "")),
         )
         if history.metrics:
             conn.executemany("insert into metrics (run_id, step, name, value, time) values (?, ?, ?, ?, ?)",

@@ -183,6 +183,13 @@ MIGRATIONS: list[list[str]] = [
         "update runs set findings = (select count(*) from findings where findings.run_id = runs.id)",
         "create unique index findings_key on findings (run_id, rule, key)",
     ],
+    # The user's labels of a run: tags (a JSON list) and a free-text note, for filtering and comparing;
+    # and one metric of a run read without walking its other metrics (Compare reads whole series).
+    [
+        "alter table runs add column tags text not null default '[]'",
+        "alter table runs add column note text not null default ''",
+        "create index metrics_run_name on metrics (run_id, name)",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -252,6 +259,8 @@ class Run:
     stop_request: str | None = None
     attempt: int = 1
     active_seconds: float = 0.0  # running time of the attempts that ended
+    tags: list[str] = field(default_factory=list)
+    note: str = ""
 
     @property
     def active(self) -> bool:
@@ -328,7 +337,7 @@ class EvalResultRow:
 _RUN_COLUMNS = (
     "id, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu, "
     "error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss, "
-    "best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds"
+    "best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds, tags, note"
 )
 _RUN_UPDATABLE = {
     "priority", "engine_pid", "worker_pid", "gpu", "error", "advice", "step", "total_steps", "last_loss",
@@ -368,7 +377,7 @@ def run_record(run: "Run") -> dict:
         "active_seconds": run.active_seconds, "error": run.error, "advice": run.advice, "gpu": run.gpu,
         "step": run.step, "total_steps": run.total_steps, "last_loss": run.last_loss,
         "best_eval_loss": run.best_eval_loss, "best_eval_step": run.best_eval_step, "attempt": run.attempt,
-        "info": run.info,
+        "info": run.info, "tags": run.tags, "note": run.note,
     }
 
 
@@ -448,6 +457,31 @@ def _loads_finding(payload: str) -> dict:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+TAG_MAX = 32
+_TAG_RE = re.compile(r"^[\w.:+-]+$")
+
+
+class BadTag(TunebenchError, ValueError):
+    """A tag that cannot be one: empty, too long, or with spaces or commas."""
+
+
+def check_tag(tag: str) -> str:
+    """A tag as stored: lowercase, one word of letters, digits and . _ : + - (so `tag:x` filters find it)."""
+    text = str(tag).strip().lower()
+    if not text or len(text) > TAG_MAX or not _TAG_RE.match(text):
+        raise BadTag(f"{tag!r} is not a tag", f"a tag is one word of up to {TAG_MAX} letters, digits and . _ : + - "
+                     "(e.g. baseline, lr-sweep, v2)")
+    return text
+
+
+def _loads_tags(text: str | None) -> list[str]:
+    try:
+        tags = json.loads(text or "[]")
+    except ValueError:
+        return []
+    return [str(tag) for tag in tags] if isinstance(tags, list) else []
 
 
 def _dumps(value: Any) -> str:
@@ -606,7 +640,7 @@ class Store:
     def _read(self, sql: str, params: Iterable = ()) -> list[tuple]:
         conn = self._conn()
         with _corruption_as_store_error(self.path):
-            return conn.execute(sql, tuple(params)).fetchall()
+            return conn.execute(sql, params if isinstance(params, dict) else tuple(params)).fetchall()
 
     # ----------------------------------------------------------------- schema
 
@@ -647,10 +681,11 @@ class Store:
         values[20] = json.loads(values[20] or "{}")
         (rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at, engine_pid, gpu,
          error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss, best_eval_loss,
-         best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds) = values
+         best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds, tags, note) = values
         return Run(rid, kind, name, state, priority, preset_yaml, created_at, started_at, finished_at,
                    engine_pid, gpu, error, advice, parent_run, parent_checkpoint, step, total_steps, last_loss,
-                   best_eval_loss, best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds)
+                   best_eval_loss, best_eval_step, info, findings, worker_pid, stop_request, attempt, active_seconds,
+                   _loads_tags(tags), note or "")
 
     def create_run(self, kind: str, name: str, preset_yaml: str, *, priority: int = 0,
                    parent_run: str | None = None, parent_checkpoint: int | None = None,
@@ -765,6 +800,24 @@ class Store:
         merged.update(info)
         conn.execute("update runs set info = ? where id = ?", (_dumps(merged), run_id))
 
+    def set_labels(self, run_id: str, *, add: Iterable[str] = (), remove: Iterable[str] = (),
+                   note: str | None = None) -> Run:
+        """Add and remove tags (each checked by check_tag) and, unless None, replace the note ("" clears it).
+        Kept in run.json too, so a store rebuild keeps them."""
+        add = [check_tag(tag) for tag in add]
+        drop = {check_tag(tag) for tag in remove}
+        with self._write() as conn:
+            row = conn.execute("select tags from runs where id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run {run_id!r}", "`tunebench ls` lists the runs")
+            tags = [tag for tag in _loads_tags(row[0]) if tag not in drop]
+            tags += [tag for tag in dict.fromkeys(add) if tag not in tags]
+            conn.execute("update runs set tags = ? where id = ?", (json.dumps(tags), run_id))
+            if note is not None:
+                conn.execute("update runs set note = ? where id = ?", (" ".join(note.split()), run_id))
+            self._record_run(conn, run_id)
+        return self.get_run(run_id)
+
     def set_state(self, run_id: str, state: str, *, error: str | None = None, advice: str | None = None,
                   expect: str | Iterable[str] | None = None) -> bool:
         """Move a run to `state` and record the transition as an event.
@@ -871,6 +924,51 @@ class Store:
             params += names
         sql += " order by id"
         return [MetricRow(i, s, n, _float_or_nan(v), t) for i, s, n, v, t in self._read(sql, params)]
+
+    def metric_series(self, run_id: str, name: str, buckets: int | None = None) -> tuple[int, list[tuple[int, float, float]]]:
+        """A metric's finite rows as plain (step, value, time) tuples, oldest first, with how many rows
+        it has. With `buckets`, a long series comes back drawn small: its rows cut into that many
+        consecutive id ranges, each giving its lowest and its highest row (a spike survives).
+
+        The cut is made inside SQLite, one statement, each range read through the (run, metric)
+        index: 50 000 rows never become Python tuples (Compare reads six such series at once)."""
+        count, first, last = self._read("select count(*), min(id), max(id) from metrics where run_id = ? and name = ?",
+                                        (run_id, name))[0]
+        finite = "value is not null and abs(value) <= 1.7e308"
+        if not count or buckets is None or count <= 2 * buckets:
+            return count, self._read(f"select step, value, time from metrics where run_id = ? and name = ? and {finite} "
+                                     "order by id", (run_id, name))
+        width = -(-(last - first + 1) // buckets)
+        pick = (f"select id from metrics where run_id = :run and name = :name and id >= lo and id < lo + :width "
+                f"and {finite} order by value {{}}, id limit 1")
+        rows = self._read(
+            "with recursive edges(lo) as (select :first union all select lo + :width from edges where lo + :width <= :last) "
+            f"select step, value, time from metrics where id in (select ({pick.format('asc')}) from edges "
+            f"union select ({pick.format('desc')}) from edges) order by id",
+            {"run": run_id, "name": name, "first": first, "last": last, "width": width})
+        return count, rows
+
+    def first_metric_time(self, run_id: str) -> float | None:
+        rows = self._read("select time from metrics where run_id = ? order by id limit 1", (run_id,))
+        return rows[0][0] if rows else None
+
+    def metric_last(self, run_id: str, name: str) -> float | None:
+        """The metric's last finite value (None without one)."""
+        rows = self._read("select value from metrics where run_id = ? and name = ? and value is not null "
+                          "and abs(value) <= 1.7e308 order by id desc limit 1", (run_id, name))
+        return rows[0][0] if rows else None
+
+    def metric_summary(self, run_id: str, name: str, *, higher_is_better: bool = False
+                       ) -> tuple[float, float, int] | None:
+        """(last value, best value, the best one's step) of a metric, NaN rows left out; None without rows."""
+        last = self._read("select value from metrics where run_id = ? and name = ? and value is not null "
+                          "order by id desc limit 1", (run_id, name))
+        if not last:
+            return None
+        # SQLite takes a bare column (step) from the row that min() or max() picked.
+        best = self._read(f"select {'max' if higher_is_better else 'min'}(value), step from metrics "
+                          "where run_id = ? and name = ? and value is not null", (run_id, name))
+        return last[0][0], best[0][0], best[0][1]
 
     def metric_names(self, run_id: str) -> list[str]:
         return [r[0] for r in self._read("select distinct name from metrics where run_id = ? order by name", (run_id,))]

@@ -1,9 +1,9 @@
 """End to end: the real `tunebench` TUI in tmux (private socket, 120x40 and 80x24) against a real engine.
 
 Submit the demo preset with keys, watch the dashboard show the running job's loss, cancel it from
-the Runs screen, see it `cancelled`, quit. The last dashboard capture is written next to the test's
-tmp files (and printed on failure) — it is the screen capture the issue asks for. At 80x24 every
-screen's footer still shows the help key.
+the Runs screen, see it `cancelled`, run it again and compare the two demo runs, quit. The last
+dashboard capture is written next to the test's tmp files (and printed on failure) — it is the
+screen capture the issue asks for. At 80x24 every screen's footer still shows the help key.
 """
 
 from __future__ import annotations
@@ -105,6 +105,10 @@ def run_row(text: str, name: str) -> str:
     return next((line for line in text.splitlines() if re.match(rf"^\s*{re.escape(name)}\s", line)), "")
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
 def footer(text: str) -> str:
     return text.rstrip("\n").splitlines()[-1] if text.strip() else ""
 
@@ -164,6 +168,26 @@ def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path, size):
     tmux.wait_for("the run cancelled", lambda t: "cancelled" in run_row(t, "demo"), 180)
     assert open_store(demo_workspace).get_run(run.id).state == "cancelled"
 
+    # Run it again (a second demo run), then compare the two: mark both with space, C opens Compare.
+    tmux.keys("t")
+    tmux.wait_for("the second demo run training", lambda t: "▶ running" in run_row(t, "demo-2")
+                  and open_store(demo_workspace).resolve_run("demo-2").last_loss is not None, 300)
+    tmux.keys("Home")  # the running one first, then the cancelled one
+    # The line under the table names the selected run (its id follows the name) and wraps at 80 columns.
+    tmux.wait_for("the first row selected", lambda t: "demo-2 r-" in _flat(t), 30)
+    tmux.keys("Space")
+    tmux.wait_for("one run marked", lambda t: "◆ 1 marked" in _flat(t), 30)
+    tmux.keys("Space")
+    tmux.wait_for("two runs marked", lambda t: "◆ 2 marked" in _flat(t), 30)
+    tmux.keys("C")
+    compare = tmux.wait_for("the Compare screen", lambda t: "Compare 2 runs" in t and "loss by step" in t
+                            and "━ demo-2" in t and re.search(r"━ demo\s", t) is not None, 60)
+    assert "none: the frozen presets agree" in compare, "a retry runs the same preset"
+    assert HELP_KEY.search(footer(compare)), "the Compare footer shows the help key"
+    (tmp_path / "compare.txt").write_text(compare)
+    tmux.keys("Escape")
+    tmux.wait_for("the Runs screen", lambda t: "tunebench › Runs" in t and "◆ 2 marked" in _flat(t), 30)
+
     tmux.keys("q")
     deadline = time.monotonic() + 30
     while tmux.alive() and time.monotonic() < deadline:
@@ -175,6 +199,7 @@ def test_every_footer_shows_the_help_key_at_80x24(workspace, tmp_path):
     """Every screen, in the real app at 80x24 (no engine: the screens read the store)."""
     from helpers.checkpoints import fake_trained_run
 
+    fake_trained_run(workspace, name="older")  # a second run, to compare with
     fake_trained_run(workspace)  # a run with checkpoints, first in the table
     tunebench = Path(sys.executable).with_name("tunebench")
     tmux = Tmux(["env", "TUNEBENCH_START_ENGINE=0", str(tunebench), "--workspace", str(workspace.root)], cwd=tmp_path,
@@ -186,6 +211,10 @@ def test_every_footer_shows_the_help_key_at_80x24(workspace, tmp_path):
             ("runs", [], "tunebench › Runs"),
             ("dashboard", ["Enter"], "Run trained"),
             ("runs again", ["Escape"], "tunebench › Runs"),
+            # Space marks the run and moves down, so two spaces mark both runs; C compares them.
+            ("compare", ["Space", "Space", "C"], "Compare 2 runs"),
+            ("runs after compare", ["Escape"], "tunebench › Runs"),
+            ("the first run again", ["Home"], "tunebench › Runs"),
             ("checkpoints", ["3"], "Checkpoints · trained"),
             ("evals", ["4"], "Evals · trained"),
             ("chat", ["5"], "› Chat"),

@@ -223,7 +223,7 @@ async def test_columns_give_way_by_priority_at_80_columns(workspace):
         table = app.screen.query_one(RunsTable)
         assert table.virtual_size.width <= table.scrollable_content_region.width  # no horizontal scrollbar
         assert not table.show_horizontal_scrollbar
-        assert set(table.hidden_columns) == {"gpu", "kind", "elapsed", "best"}  # the lowest priorities
+        assert set(table.hidden_columns) == {"gpu", "kind", "elapsed", "best", "tags"}  # the lowest priorities
         header = screen_text(app).splitlines()[1]
         assert header.split() == ["name", "state", "progress", "ETA", "step/total", "loss", "⚑"]
         await pilot.resize_terminal(130, 30)

@@ -13,7 +13,7 @@ from tui.cli import main
 
 RUN_KEYS = {"id", "name", "kind", "state", "priority", "step", "total_steps", "progress", "last_loss", "best_eval_loss",
             "best_eval_step", "findings", "attempt", "gpu", "created_at", "started_at", "finished_at", "running_s",
-            "parent_run", "parent_checkpoint", "dry_run", "error", "advice"}
+            "parent_run", "parent_checkpoint", "dry_run", "error", "advice", "tags", "note"}
 ENGINE_KEYS = {"running", "pid", "gpus", "current_runs", "queue_length", "started_at"}
 
 

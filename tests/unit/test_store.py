@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -33,11 +34,11 @@ def test_new_database_is_at_latest_version_in_wal_mode(store):
 def test_migrations_apply_in_order_and_only_once(tmp_path, monkeypatch):
     path = tmp_path / "db.sqlite"
     Store(path).create_run("train", "old", PRESET)
-    extra = [["alter table runs add column note text"], ["update runs set note = 'migrated'"]]
+    extra = [["alter table runs add column scratch text"], ["update runs set scratch = 'migrated'"]]
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + extra)
     upgraded = Store(path)
     assert upgraded.schema_version() == len(store_mod.MIGRATIONS)
-    assert upgraded._read("select note from runs") == [("migrated",)]
+    assert upgraded._read("select scratch from runs") == [("migrated",)]
     # Opening again applies nothing twice (a second 'add column' would fail).
     Store(path)
     versions = [v for (v,) in upgraded._read("select version from schema_version order by version")]
@@ -205,7 +206,11 @@ def test_the_migration_folds_findings_stored_once_per_report(tmp_path, monkeypat
     path = tmp_path / "db.sqlite"
     monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])  # the schema before issue 15
     old = Store(path)
-    run = old.create_run("train", "old", PRESET)
+    # A raw insert: create_run reads the run back with today's columns, which the old schema lacks.
+    with old._write() as conn:
+        conn.execute("insert into runs (id, kind, name, state, preset_yaml, created_at) "
+                     "values ('r-old', 'train', 'old', 'queued', ?, 1.0)", (PRESET,))
+    run = SimpleNamespace(id="r-old")
     rows = [_divergence("22.5 now", 16, 16), {"rule": "nan", "severity": "error", "title": "nan", "evidence": {}},
             _divergence("30 now", 18, 80), _divergence("36 now", 20, 144, "error")]
     with old._write() as conn:

@@ -64,7 +64,7 @@ def run_json(run) -> dict:
         "findings": run.findings, "attempt": run.attempt, "gpu": run.gpu,
         "created_at": run.created_at, "started_at": run.started_at, "finished_at": run.finished_at,
         "running_s": run.running_time(), "parent_run": run.parent_run, "parent_checkpoint": run.parent_checkpoint,
-        "dry_run": run.dry_run, "error": run.error, "advice": run.advice,
+        "dry_run": run.dry_run, "error": run.error, "advice": run.advice, "tags": run.tags, "note": run.note,
     }
 
 

@@ -32,6 +32,12 @@ def register(subparsers) -> None:
     ls = subparsers.add_parser("ls", help="list runs, newest first")
     ls.add_argument("--state", action="append", help="only runs in this state (repeatable)")
     ls.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50; 0 = all)")
+    ls.add_argument("--filter", "-f", dest="filter", default="", metavar="QUERY",
+                    help="only runs matching every word: text, or FIELD:text with FIELD one of name, state, preset, "
+                         "method, tag, kind, note, id; #x is tag:x (e.g. 'state:completed #baseline')")
+    ls.add_argument("--sort", metavar="COLUMN", help="sort by name, state, progress, eta, step, loss, best, elapsed, created, "
+                                                     "kind, gpu, findings or tags (default: newest first)")
+    ls.add_argument("--desc", action="store_true", help="with --sort: highest first")
     add_json_arg(ls)
     ls.set_defaults(handler=_ls)
 
@@ -129,8 +135,12 @@ def _ls(args: argparse.Namespace) -> int:
 
     from jobs.engine_process import engine_status
 
+    from jobs.compare import filter_runs, sort_runs
+
     store = _store(args)
-    runs = store.list_runs(states=args.state)
+    runs = filter_runs(store.list_runs(states=args.state), args.filter)
+    if args.sort:
+        runs = sort_runs(runs, args.sort, descending=args.desc)
     shown = runs[: args.limit] if args.limit else runs
     if args.json:
         print_json({"runs": [run_json(run) for run in shown], "total": len(runs),
@@ -138,22 +148,33 @@ def _ls(args: argparse.Namespace) -> int:
         return 0
     out = console()
     if not runs:
-        out.print("no runs yet: `tunebench submit PRESET` queues one")
+        out.print("no runs match the filter" if args.filter else "no runs yet: `tunebench submit PRESET` queues one")
     else:
         table = Table(box=None, header_style="bold")
         for column in ("id", "name", "state"):
             table.add_column(column, no_wrap=True)  # ids are what the user copies: never truncated
         for column in ("step", "loss", "best eval", "doctor", "took"):
             table.add_column(column, no_wrap=True, justify="right")
+        labelled = any(run.tags or run.note for run in shown)
+        if labelled:  # the user's tags and note, last: the column that may wrap
+            table.add_column("tags · note")
         for run in shown:
             name = run.name if run.kind == "train" else f"{run.name} [dim]({run.kind})[/]"
+            labels = [_labels(run)] if labelled else []
             table.add_row(run.id, name, _state(run.state), _progress(run), _number(run.last_loss),
-                          _number(run.best_eval_loss), str(run.findings or ""), _duration(run.running_time()))
+                          _number(run.best_eval_loss), str(run.findings or ""), _duration(run.running_time()), *labels)
         print_table(out, table)
         if len(shown) < len(runs):
             out.print(f"[dim]{len(runs) - len(shown)} older runs not shown (--limit 0 shows all)[/]")
     out.print(f"[dim]{engine_status(workspace(args), store).describe()}[/]")
     return 0
+
+
+def _labels(run) -> str:
+    from rich.markup import escape
+
+    tags = " ".join(f"[cyan]#{tag}[/]" for tag in run.tags)
+    return " ".join(part for part in (tags, escape(run.note)) if part)
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -1,9 +1,15 @@
-"""The table of runs on the Runs screen: one row per run, cells updated in place as polls arrive."""
+"""The table of runs on the Runs screen: one row per run, cells updated in place as polls arrive.
+
+The screen hands over the runs its filter kept, the runs marked for Compare and a sort order
+(a column key of jobs.compare.SORT_KEYS and a direction; none: display_order)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from rich.text import Text
 
+from jobs.compare import sort_runs
 from tui import format as fmt
 from tui.widgets.table import Col, Table
 
@@ -20,7 +26,12 @@ COLUMNS = (
     Col("kind", "kind", give_way=6),
     Col("gpu", "GPU", give_way=7),
     Col("findings", "⚑"),
+    Col("tags", "tags · note", give_way=8),
 )
+# While some run carries tags or a note, their column stays longer than GPU, kind and elapsed;
+# while none does, it is the first to go.
+LABELLED_GIVE_WAY = 4.5
+MARK = "◆ "  # before the name of a run marked for Compare
 _STATE_ORDER = {"running": 0, "queued": 1}
 
 
@@ -60,12 +71,21 @@ class RunsTable(Table):
         if run_id in self._order:
             self.move_cursor(row=self._order.index(run_id))
 
-    def show(self, runs: list, now: float) -> None:
+    def show(self, runs: list, now: float, marked: frozenset[str] | set[str] = frozenset(),
+             sort: tuple[str, bool] | None = None) -> None:
         self._ensure_columns()
+        self._label_sorted(sort)
+        labelled = any(run.tags or run.note for run in runs)
+        if labelled != getattr(self, "_labelled", False):
+            self._labelled = labelled
+            self._specs = tuple(replace(spec, give_way=LABELLED_GIVE_WAY if labelled else 8) if spec.key == "tags"
+                                else spec for spec in self._specs)
+            self._layout = ()  # fit again
+            self._fit()
         colours = self._colours()
-        ordered = display_order(runs)
+        ordered = sort_runs(runs, sort[0], descending=sort[1], now=now) if sort else display_order(runs)
         order = [run.id for run in ordered]
-        rows = {run.id: self._cells_for(run, now, colours) for run in ordered}
+        rows = {run.id: self._cells_for(run, now, colours, run.id in marked) for run in ordered}
         if order != self._order:
             selected = self.selected_id
             self.clear()
@@ -82,11 +102,27 @@ class RunsTable(Table):
                         self.update_cell(run_id, key, cells[index], update_width=True)
         self._cells = rows
 
+    def _label_sorted(self, sort: tuple[str, bool] | None) -> None:
+        """The sorted column's label carries ▲ (lowest first) or ▼."""
+        if sort == getattr(self, "_sorted", None):
+            return
+        self._sorted = sort
+        for spec in COLUMNS:
+            column = self.columns.get(spec.key)
+            if column is None:
+                continue
+            arrow = (" ▼" if sort[1] else " ▲") if sort and sort[0] == spec.key else ""
+            column.label = Text(spec.label + arrow)
+            column.content_width = max(column.content_width, column.label.cell_len)
+        self._require_update_dimensions = True
+        self._clear_caches()
+        self.refresh()
+
     def _colours(self) -> dict[str, str]:
         variables = self.app.theme_variables
         return {name: variables.get(name, "") for name in ("success", "error", "warning", "accent", "text-muted")}
 
-    def _cells_for(self, run, now: float, colours: dict[str, str]) -> tuple:
+    def _cells_for(self, run, now: float, colours: dict[str, str], marked: bool = False) -> tuple:
         state_style = {
             "queued": colours["text-muted"],
             "running": f"bold {colours['success']}",
@@ -105,8 +141,13 @@ class RunsTable(Table):
         step = f"{run.step}/{total}" if total else (str(run.step) if run.step else "—")
         findings = Text(f"⚑{run.findings}", style=f"bold {colours['warning']}") if run.findings else Text("")
         name = Text(run.name)
+        if marked:
+            name = Text.assemble((MARK, f"bold {colours['accent']}"), name)
         if run.priority and run.state == "queued":
             name.append(f" ↑{run.priority}", style=colours["accent"])
+        labels = Text(" ".join(f"#{tag}" for tag in run.tags), style=colours["accent"])
+        if run.note:
+            labels.append((" " if run.tags else "") + run.note, style=colours["text-muted"])
         return (
             name,
             state,
@@ -119,6 +160,7 @@ class RunsTable(Table):
             run.kind,
             run.gpu or "",
             findings,
+            labels,
         )
 
 
