@@ -20,6 +20,7 @@ Screens plug in through NAVIGATION. To add a screen, add one line:
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -33,7 +34,8 @@ from textual.signal import Signal
 
 from tui.backend import Backend, EngineInfo, GpuInfo, Overview
 from tui.format import user_message
-from tui.config import TuiConfig, remember
+from tui.config import DESKTOP_MODES, TuiConfig, remember
+from tui.notify import Notice, Notifier, desktop_sequence
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,8 @@ class ActionsProvider(Provider):
         for label, help_text, action in (
             ("Help: every key", "key ?", "app.help"),
             ("Start the engine", "key E", "app.start_engine"),
+            ("Bell when a run ends: on / off", "", "app.toggle_bell"),
+            ("Desktop notifications: OSC 9 / OSC 777 / off", "", "app.next_desktop_notify"),
         ):
             if label not in seen:
                 commands.append((label, help_text, partial(app.run_action, action)))
@@ -152,6 +156,7 @@ class TunebenchApp(App[int]):
         self._overview_worker = None
         self._status_worker = None
         self._opened_when_done = False
+        self.notifier = Notifier(config.workspace)  # runs that ended, doctor warnings: said once (tui/notify.py)
 
     # ----------------------------------------------------------------- start-up
 
@@ -204,6 +209,47 @@ class TunebenchApp(App[int]):
             self.call_from_thread(self._poll_failed, "reading the run store", exc)
             return
         self.call_from_thread(self._apply_overview, overview)
+        try:
+            notices = self.notifier.check(overview.runs, self.backend.store.findings)
+        except Exception as exc:  # being told is a courtesy: it never keeps the screens from drawing
+            self.call_from_thread(self._poll_failed, "looking for runs that ended", exc)
+            return
+        if notices:
+            self.call_from_thread(self.tell, notices)
+
+    def tell(self, notices: list[Notice]) -> None:
+        """A toast on whatever screen is open, the bell, and a desktop notification (each setting allowing)."""
+        for notice in notices:
+            self.notify(notice.body, title=notice.title, severity=notice.severity, timeout=10)
+            escape = desktop_sequence(notice, self.config.desktop_notify, tmux=bool(os.environ.get("TMUX")))
+            if escape:
+                self.write_to_terminal(escape)
+        if self.config.bell:
+            self.bell()
+
+    def action_toggle_bell(self) -> None:
+        self._change_setting(bell=not self.config.bell)
+        self.notify(f"Bell {'on' if self.config.bell else 'off'} when a run ends or the doctor warns.", timeout=3)
+
+    def action_next_desktop_notify(self) -> None:
+        modes = DESKTOP_MODES
+        mode = modes[(modes.index(self.config.desktop_notify) + 1) % len(modes)] \
+            if self.config.desktop_notify in modes else modes[0]
+        self._change_setting(desktop_notify=mode)
+        self.notify(f"Desktop notifications: {mode}.", timeout=3)
+
+    def _change_setting(self, **changes: Any) -> None:
+        """For this session and, remembered in tui.json, the next ones."""
+        self.config = self.config.with_(**changes)
+        try:
+            remember(self.config.workspace, **changes)
+        except OSError as exc:
+            self.notify(f"could not remember the setting: {exc}", severity="warning")
+
+    def write_to_terminal(self, text: str) -> None:
+        """Raw bytes for the terminal itself (escape sequences), beside Textual's drawing."""
+        if not self.is_headless and self._driver is not None:
+            self._driver.write(text)
 
     def _apply_overview(self, overview: Overview) -> None:
         # A poll that finds nothing new does no work: an idle TUI redraws nothing.
@@ -292,7 +338,8 @@ class TunebenchApp(App[int]):
 
     # ----------------------------------------------------------------- navigation
 
-    def action_open_screen(self, name: str, run_id: str | None = None) -> None:
+    def action_open_screen(self, name: str, run_id: str | None = None, **params: Any) -> None:
+        """`params` go to the screen's constructor (e.g. preset= for the Presets editor)."""
         entry = nav_entry(name)
         run_id = run_id or self.selected_run_id
         if entry.needs_run and not run_id:
@@ -307,19 +354,19 @@ class TunebenchApp(App[int]):
             self.notify(f"The {entry.title} screen is not part of this build yet.", severity="warning")
             return
         top = self.screen
-        if getattr(top, "nav_name", None) == name and getattr(top, "run_id", None) in (None, run_id):
+        if not params and getattr(top, "nav_name", None) == name and getattr(top, "run_id", None) in (None, run_id):
             return
         if name in TOP_LEVEL:
             leaving = self.screen_stack[1:]
             if self._unsaved(leaving):
-                self._confirm_discard(leaving, lambda: self.action_open_screen(name, run_id))
+                self._confirm_discard(leaving, lambda: self.action_open_screen(name, run_id, **params))
                 return
             self._pop_to_home()
             if name == "runs":
                 return  # Runs is the home screen, at the bottom of the stack
         elif getattr(top, "nav_name", None) not in (None, *TOP_LEVEL, "dashboard"):
             self.pop_screen()  # one plug-in screen replaces another instead of stacking up
-        screen = screen_class() if name in TOP_LEVEL else screen_class(run_id=run_id)
+        screen = screen_class(**params) if name in TOP_LEVEL else screen_class(run_id=run_id, **params)
         screen.nav_name = name
         self.push_screen(screen)
 

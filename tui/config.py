@@ -1,9 +1,11 @@
 """The TUI's settings: one typed object, built once in `run_app` and injected into the app.
 
 Every field has a default; `from_env` reads the few a user may want to change without a flag
-(TUNEBENCH_POLL, TUNEBENCH_THEME, TUNEBENCH_ANSI, TUNEBENCH_START_ENGINE=0). Colour depth itself follows the terminal
+(TUNEBENCH_POLL, TUNEBENCH_THEME, TUNEBENCH_ANSI, TUNEBENCH_START_ENGINE=0, TUNEBENCH_BELL=0,
+TUNEBENCH_NOTIFY=osc9|osc777|off). Colour depth itself follows the terminal
 (TERM/COLORTERM) or Textual's TEXTUAL_COLOR_SYSTEM=256|standard; NO_COLOR turns colour off (Textual reads it).
-The theme picked in the command palette is remembered in the workspace's tui.json (TUNEBENCH_THEME wins).
+The theme, the bell and the desktop notifications picked in the command palette are remembered in the
+workspace's tui.json (the environment wins).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from jobs.workspace import Workspace, resolve_workspace
 
 SETTINGS_FILE = "tui.json"
+DESKTOP_MODES = ("osc9", "osc777", "off")  # tui/notify.py writes the escape
 
 
 def saved_settings(workspace: Workspace) -> dict[str, Any]:
@@ -58,13 +61,26 @@ class TuiConfig:
     open_when_done: str | None = None
     # Start the engine at start-up when it is down (the CLI does; tests do not).
     start_engine: bool = False
+    # When a run ends or the doctor warns (tui/notify.py): a toast always, the terminal bell, and a
+    # desktop notification through the terminal's OSC 9 or OSC 777 escape ("off": none).
+    bell: bool = True
+    desktop_notify: str = "osc9"
 
     @classmethod
     def from_env(cls, workspace_arg: str | None = None, **overrides: Any) -> "TuiConfig":
         workspace = resolve_workspace(workspace_arg)
         values: dict[str, Any] = {}
-        if isinstance(theme := saved_settings(workspace).get("theme"), str):
+        saved = saved_settings(workspace)
+        if isinstance(theme := saved.get("theme"), str):
             values["theme"] = theme
+        if isinstance(bell := saved.get("bell"), bool):
+            values["bell"] = bell
+        if saved.get("desktop_notify") in DESKTOP_MODES:
+            values["desktop_notify"] = saved["desktop_notify"]
+        if bell_env := os.environ.get("TUNEBENCH_BELL"):
+            values["bell"] = bell_env.lower() not in ("0", "false", "no", "off")
+        if os.environ.get("TUNEBENCH_NOTIFY", "").lower() in DESKTOP_MODES:
+            values["desktop_notify"] = os.environ["TUNEBENCH_NOTIFY"].lower()
         if poll := os.environ.get("TUNEBENCH_POLL"):
             try:
                 values["poll_interval"] = max(0.05, float(poll))

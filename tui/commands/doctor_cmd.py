@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the findings (and the memory estimate) as JSON")
     parser.add_argument("--gpu-free", type=float, metavar="GIB", help="PRESET: compare with this much free GPU memory instead of asking NVML")
     parser.add_argument("--no-data", action="store_true", help="PRESET: skip loading the data (memory preflight only)")
+    parser.add_argument("--fix", nargs="?", type=int, const=1, metavar="N",
+                        help="RUN: save a copy of the run's preset with the Nth suggested fix applied (default 1, the "
+                             "most severe) as <preset>-fixN, to review and submit")
     parser.set_defaults(handler=_doctor)
 
 
@@ -114,7 +117,18 @@ def _doctor_stored_run(args, ws, run) -> int:
     checkup = check_run(store.metrics_since(run.id), run.preset_yaml, info=run.info, total_steps=run.total_steps,
                         stored_findings=store.findings(run.id))
     title = f"run {run.id} ({run.name}) — {run.state}, step {run.step}" + (f"/{run.total_steps}" if run.total_steps else "")
-    return _report_run(args, title, checkup)
+    code = _report_run(args, title, checkup)
+    if args.fix is not None:
+        from tui.fixes import change_text, fix_copy, fixable
+
+        found = fixable([f.to_dict() for f in checkup.findings])
+        if not 1 <= args.fix <= len(found):
+            raise CliError(f"--fix {args.fix}: this run has {len(found)} finding(s) with a suggested fix")
+        change = found[args.fix - 1]["change"]
+        name, path = fix_copy(ws, run.id, change)
+        console(stderr=True).print(f"saved [bold]{name}[/] ({change_text(change)}): {path}\n"
+                                   f"review it, then: tunebench submit {name}", highlight=False)
+    return code
 
 
 def _doctor_run_folder(args, folder: Path) -> int:
@@ -169,6 +183,7 @@ def _doctor_preset(args, ws, preset) -> int:
 
     from engine.doctor.checkup import check_preset
     from engine.doctor.memory import GiB
+    from jobs.store import open_store
 
     preset = resolve_paths(preset, ws.root)
     out = console()
@@ -178,9 +193,15 @@ def _doctor_preset(args, ws, preset) -> int:
     checkup = check_preset(preset, load_data=not args.no_data, gpu_free_bytes=gpu_free)
     findings, report, estimate, memory_note = checkup.findings, checkup.data_report, checkup.estimate, checkup.memory_note
     data_note = "skipped (--no-data)" if args.no_data else None
+    from jobs.estimate import duration_estimate, steps_of
+
+    steps = steps_of(preset, report)
+    seconds, basis = (duration_estimate(open_store(ws), preset.name, steps) if ws.store_db.is_file()
+                      else (None, "no runs in this workspace yet"))
     if args.json:
         payload = {"preset": preset.name, "findings": [f.to_dict() for f in findings],
-                   "data": data_note, "memory": estimate.to_dict() if estimate else memory_note}
+                   "data": data_note, "memory": estimate.to_dict() if estimate else memory_note,
+                   "steps": steps, "estimated_seconds": seconds}
         print(json.dumps(payload, indent=1, default=str))
         return 1 if checkup.has_errors else 0
 
@@ -192,6 +213,11 @@ def _doctor_preset(args, ws, preset) -> int:
             f"  data: {report.train_samples} training / {report.eval_samples} validation samples, "
             f"{report.supervised_share:.0%} of {report.total_tokens} tokens supervised, longest {report.length.max} tokens"
         )
+    if steps is not None:
+        from tui import format as fmt
+
+        out.print(f"  cost: {steps:,} steps · " + (f"≈ {fmt.duration(seconds)} ({basis})" if seconds is not None
+                                                   else f"time: {basis}"), highlight=False)
     if estimate is not None:
         print_table(out, memory_table(estimate))
         if estimate.suggestions:
@@ -291,6 +317,10 @@ def _print_findings(out, findings, *, healthy: str) -> None:
             shown_evidence = ", ".join(f"{k}={_short(v)}" for k, v in finding.evidence.items() if k != "kind")
             body.append("evidence: " + shown_evidence + "\n", style="dim")
         body.append("→ " + finding.advice)
+        if getattr(finding, "change", None):
+            from tui.fixes import change_text
+
+            body.append(f"\nfix: {change_text(finding.change)}  (--fix)", style="cyan")
         heading = f"{finding.severity}: {finding.rule}" + (f"  ({steps})" if steps else "")
         out.print(Panel(body, title=heading, title_align="left", border_style=style, expand=True))
 

@@ -167,10 +167,39 @@ def parse_overrides(text: str) -> list[str]:
     return tokens
 
 
+def cost_text(cost, problem: str | None = None) -> Content:
+    """The Submit dialog's cost lines (jobs.estimate.SubmitCost)."""
+    from tui import format as fmt
+
+    if cost is None:
+        return Content.from_markup("[$text-muted]cost: unknown ($problem)[/]", problem=problem or "?")
+    if cost.steps is not None:
+        steps = f"{cost.steps:,} steps" + (f" ({cost.samples:,} samples)" if cost.samples else "")
+    else:
+        steps = f"steps unknown: {cost.problem}"
+    head = Content.from_markup("[b]cost[/]   $steps", steps=steps)
+    if cost.seconds is not None:
+        head += Content.from_markup(" · ≈ [b]$time[/] [$text-muted]($basis)[/]", time=fmt.duration(cost.seconds),
+                                    basis=cost.basis or "")
+    elif cost.basis:
+        head += Content.from_markup(" · [$text-muted]time: $basis[/]", basis=cost.basis)
+    lines = [head]
+    if cost.memory:
+        style = "$error" if cost.fits is False else ("$success" if cost.fits else "$text-muted")
+        lines.append(Content.from_markup(f"[$text-muted]memory[/] [{style}]$memory[/]", memory=cost.memory))
+    return Content("\n").join(lines)
+
+
+SHORT_HEIGHT = 30
+
+
 class SubmitScreen(ModalScreen[SubmitRequest | None]):
-    """Pick a preset, add --set overrides, optionally name the run. Validated before it closes."""
+    """Pick a preset, add --set overrides, optionally name the run. Validated before it closes.
+    What the run will cost (steps, memory preflight, duration) is shown as soon as the preset is known."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel"), Binding("ctrl+r", "submit", "Submit")]
+    # The cost reads the data and the model config: estimated once typing pauses, not per key.
+    COST_DELAY = 0.5
 
     def __init__(self, preset: str | None = None, overrides: str = "", text: str | None = None):
         """`text`: submit this YAML (the presets editor's, maybe unsaved) instead of a preset file."""
@@ -179,6 +208,9 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
         self.initial_overrides = overrides
         self.text = text
         self.entries: list[tuple[str, str, str]] = []  # (name, origin, description)
+        self._cost_timer = None
+        self._cost_generation = 0  # a cost applies to the inputs it was computed from only
+        self.cost = None  # jobs.estimate.SubmitCost of the current inputs, once computed
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide", id="submit-dialog"):
@@ -191,16 +223,22 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
             yield Input(self.initial_overrides, id="overrides",
                         placeholder="overrides: training.max_steps=500 training.lr=1e-4")
             yield Input("", id="run-name", placeholder="run name (optional)")
+            yield Static("", id="submit-cost")
             yield Static("", id="submit-error", classes="error-text")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Submit (enter)", variant="primary", id="submit")
                 yield Button("Cancel (esc)", id="cancel")
+
+    def on_resize(self) -> None:
+        # A short terminal: a shorter preset list keeps the cost lines and the buttons on screen.
+        self.set_class(self.size.height < SHORT_HEIGHT, "short")
 
     def on_mount(self) -> None:
         for widget in self.query(Input):
             widget.cursor_blink = self.app.config.cursor_blink
         if self.text is not None:
             self.query_one("#overrides", Input).focus()
+            self._estimate_soon()
             return
         self.query_one("#preset", Input).focus()
         self._load_entries()
@@ -230,6 +268,55 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
     @on(Input.Changed, "#preset")
     def _preset_typed(self, event: Input.Changed) -> None:
         self._filter(event.value)
+        self._estimate_soon()
+
+    # ----------------------------------------------------------------- cost
+
+    @on(Input.Changed, "#overrides")
+    def _estimate_soon(self) -> None:
+        if self._cost_timer is not None:
+            self._cost_timer.stop()
+        self._cost_generation += 1
+        self.cost = None
+        self._cost_timer = self.set_timer(self.COST_DELAY, self._estimate)
+
+    def _estimate(self) -> None:
+        preset = self.initial_preset if self.text is not None else self.query_one("#preset", Input).value.strip()
+        try:
+            overrides = parse_overrides(self.query_one("#overrides", Input).value)
+        except ValueError:
+            return  # said when submitting; no cost for inputs that do not parse
+        if not preset:
+            self.query_one("#submit-cost", Static).update("")
+            return
+        self.query_one("#submit-cost", Static).update(
+            Content.from_markup("[$text-muted]cost: reading the data and the model to estimate steps, memory, time…[/]"))
+        self._compute_cost(self._cost_generation, preset, overrides)
+
+    @work(thread=True, group="submit-cost", exit_on_error=False)
+    def _compute_cost(self, generation: int, preset_ref: str, overrides: list[str]) -> None:
+        from jobs.estimate import submit_cost
+        from presets import load_preset, load_preset_text
+
+        backend = self.app.backend
+        try:
+            if self.text is not None:
+                preset = load_preset_text(self.text, preset_ref, overrides)
+            else:
+                preset = load_preset(preset_ref, backend.workspace.root, overrides)
+            gpus = backend.gpus()
+            free = max((g.total - g.used for g in gpus), default=None)
+            cost = submit_cost(backend.workspace, preset, backend.store, gpu_free_bytes=free)
+        except Exception as exc:
+            self.app.call_from_thread(self._cost_ready, generation, None, user_message(exc))
+            return
+        self.app.call_from_thread(self._cost_ready, generation, cost, None)
+
+    def _cost_ready(self, generation: int, cost, problem: str | None) -> None:
+        if generation != self._cost_generation or not self.is_attached:
+            return  # the inputs changed meanwhile: a newer estimate is on its way
+        self.cost = cost
+        self.query_one("#submit-cost", Static).update(cost_text(cost, problem))
 
     def _filter(self, text: str) -> None:
         options = self.query_one("#preset-list", OptionList)
@@ -246,6 +333,7 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
         with self.prevent(Input.Changed):
             self.query_one("#preset", Input).value = event.option.id or ""
         self.query_one("#overrides", Input).focus()
+        self._estimate_soon()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#submit")
@@ -280,5 +368,36 @@ class SubmitScreen(ModalScreen[SubmitRequest | None]):
         self.query_one("#submit-error", Static).update(text)
 
     @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class FixScreen(ModalScreen[dict | None]):
+    """Pick which finding's suggested change to apply to a copy of the preset (tui/fixes.py)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, findings: list[dict]):
+        super().__init__()
+        self.findings = findings
+
+    def compose(self) -> ComposeResult:
+        from tui.fixes import change_text
+
+        with Vertical(classes="dialog wide"):
+            yield Label("Apply which suggestion to a copy of the preset?", classes="dialog-title")
+            yield OptionList(*(
+                Option(Content.assemble((f"{f.get('severity')} {f.get('rule')}", "bold"), "  ", str(f.get("title", "")),
+                                        "\n  → ", (change_text(f["change"]), "dim")), id=str(i))
+                for i, f in enumerate(self.findings)), id="fix-list")
+            yield Label("enter applies · escape cancels", classes="dialog-hint")
+
+    def on_mount(self) -> None:
+        self.query_one("#fix-list", OptionList).focus()
+
+    @on(OptionList.OptionSelected, "#fix-list")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.findings[int(event.option.id or 0)])
+
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -95,8 +95,10 @@ class PresetsScreen(Screen):
             self.validation = validation
             self.generation = generation  # of the editor text it was computed from
 
-    def __init__(self):
+    def __init__(self, preset: str | None = None):
+        """`preset`: a workspace preset to open first (a copy made by the doctor's fix key)."""
         super().__init__()
+        self.open_first = f"workspace:{preset}" if preset else None
         self.entries: list[PresetEntry] = []
         self.current: PresetEntry | None = None
         self.saved_text = ""
@@ -120,7 +122,7 @@ class PresetsScreen(Screen):
         editor.cursor_blink = self.app.config.cursor_blink
         editor.border_title = "YAML"
         self.query_one("#problems", OptionList).border_title = "problems"
-        self.list_presets()
+        self.list_presets(self.open_first)
         self.query_one("#preset-names", OptionList).focus()
 
     def on_resize(self) -> None:
