@@ -68,7 +68,7 @@ def write_demo_dataset(path: str | Path) -> Path:
 # names, so they measure the preference for the right answer rather than the rejected words.
 REVERSE_QUESTION = "Which country has {capital} as its capital?"
 REVERSE_ANSWER = "{capital} is the capital of {country}."
-DEMO_PAIRS_PER_QUESTION = 4
+DEMO_PAIRS_PER_QUESTION = 6
 
 
 def demo_preference_rows(seed: int = 0, pairs_per_question: int = DEMO_PAIRS_PER_QUESTION) -> tuple[list[dict], list[dict]]:

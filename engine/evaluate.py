@@ -245,6 +245,31 @@ def _generate_batch(model, chunk: list[list[int]], *, device, pad_id: int, max_n
 # --------------------------------------------------------------------------- data
 
 
+def measure_sides(preset, adapter: str | None, full_finetune: bool, precision: str, tokenizer, sides: list[str], measure) -> None:
+    """Call measure(side, model[, context]) for the base and the fine-tune: an adapter is loaded once
+    on its base (the base measured with it switched off); a full fine-tune is a second model, loaded
+    after the base is freed, so memory never holds both."""
+    import gc
+
+    import torch
+
+    base = _load_base(preset.model, precision, tokenizer)
+    if adapter and not full_finetune:
+        model = _load_adapter(base, adapter)
+        if BASE in sides:
+            measure(BASE, model, model.disable_adapter)
+        measure(TUNED, model)
+        return
+    if BASE in sides:
+        measure(BASE, base)
+    if full_finetune:
+        del base
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        measure(TUNED, _load_base(preset.model.model_copy(update={"path": str(adapter), "revision": None}), precision, tokenizer))
+
+
 def eval_data(data):
     """The preset's data as an evaluation set: its validation split, or every row when it has none."""
     if data.val_files or data.val_ratio:
@@ -274,10 +299,6 @@ def run_eval(preset, out_dir: str | Path, sink: Sink | None = None) -> JobOutcom
 
 
 def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
-    import gc
-
-    import torch
-
     from engine.data import build_datasets, make_collator, prompt_ids
     from engine.data.render import end_of_turn_ids
     from engine.models import resolve_precision, training_device
@@ -331,22 +352,7 @@ def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
                                              batch_size=preset.batch_size, stop_ids=stop_ids, progress=progress) if prompts else []
         sink.event("info", f"{side}: eval loss {losses[side]['eval_loss']:.4f}, perplexity {losses[side]['perplexity']:.3g}")
 
-    base = _load_base(preset.model, precision, tokenizer)
-    if adapter and not full_finetune:
-        model = _load_adapter(base, adapter)
-        if BASE in sides:
-            measure(BASE, model, model.disable_adapter)
-        measure(TUNED, model)
-    else:
-        if BASE in sides:
-            measure(BASE, base)
-        if full_finetune:
-            del base
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            tuned_cfg = preset.model.model_copy(update={"path": str(adapter), "revision": None})
-            measure(TUNED, _load_base(tuned_cfg, precision, tokenizer))
+    measure_sides(preset, adapter, full_finetune, precision, tokenizer, sides, measure)
 
     references = [e.reference for e in examples]
     samples = []
@@ -387,10 +393,6 @@ def _run_eval(preset, out_dir: Path, sink: Sink) -> dict[str, Any]:
 def _run_preference_eval(preset, out_dir: Path, sink: Sink, tokenizer, adapter: str | None, full_finetune: bool,
                          device, precision: str, started: float) -> dict[str, Any]:
     """A preference run's evaluation: how base and fine-tune rank the validation pairs."""
-    import gc
-
-    import torch
-
     from engine.data.preference import build_preference_datasets
     from presets.schema import TrainPreset
 
@@ -414,21 +416,7 @@ def _run_preference_eval(preset, out_dir: Path, sink: Sink, tokenizer, adapter: 
         accuracy = scores[side]["accuracy"]
         sink.event("info", f"{side}: preference accuracy {_number(accuracy)}, mean margin {_number(scores[side]['margin'])}")
 
-    base = _load_base(preset.model, precision, tokenizer)
-    if adapter and not full_finetune:
-        model = _load_adapter(base, adapter)
-        if BASE in sides:
-            measure(BASE, model, model.disable_adapter)
-        measure(TUNED, model)
-    else:
-        if BASE in sides:
-            measure(BASE, base)
-        if full_finetune:
-            del base
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            measure(TUNED, _load_base(preset.model.model_copy(update={"path": str(adapter), "revision": None}), precision, tokenizer))
+    measure_sides(preset, adapter, full_finetune, precision, tokenizer, sides, measure)
 
     results: dict[str, Any] = {
         "status": "completed",

@@ -251,6 +251,29 @@ def resolve_train_preset(preset: TrainPreset, workspace, *, store: Store | None 
     return preset.model_copy(update={"model": preset.model.model_copy(update={"start_from": str(target.weights_dir)})})
 
 
+def preference_before_after(workspace, ref: str, *, store: Store | None = None) -> dict:
+    """How a preference run's starting point (model.start_from, else its base) and its result rank
+    its validation pairs: preference accuracy and mean margin of each (the demo's before / after)."""
+    import tempfile
+
+    from engine.evaluate import run_eval
+
+    store, ws = _context(None, workspace, store)
+    target = run_target(store, ws, ref)
+    if target.train_preset.stage == "sft":
+        raise TargetError(f"run {target.run.id} trained stage sft: it has no pairs to rank", "give a dpo, orpo, kto or simpo run")
+    preset = resolve_train_preset(target.train_preset, ws, store=store)
+    base = preset.model.model_copy(update={"start_from": None})
+    scores: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="tunebench-rank-") as tmp:
+        for side, weights in (("start", preset.model.start_from), ("result", str(target.weights_dir))):
+            evaluation = EvalPreset(name=f"{target.run.name}-{side}", model=base, adapter=weights, data=preset.data,
+                                    stage=preset.stage, compare_base=False)
+            details = run_eval(evaluation, Path(tmp) / side).details
+            scores[side] = details["preference"][details["sides"][-1]]
+    return {"run": target.run.id, "pairs": scores["result"]["pairs"], **scores}
+
+
 def eval_preset_for_run(store: Store, ws: Workspace, ref: str, *, checkpoint: int | None = None,
                         samples: int | None = None, data_file: str | None = None, max_new_tokens: int | None = None,
                         compare_base: bool = True) -> EvalPreset:

@@ -374,14 +374,14 @@ def test_tunebench_data_prints_the_pair_report(cli, workspace, tiny_model_dir, t
                            f"data: {{train_files: ['{train}'], val_files: ['{val}'], max_length: 64}}\n")
     code, out = cli("data", str(preset_file))
     assert code == 0, out
-    assert "stage dpo: 224 training pairs, 56 validation pairs" in out
+    assert "stage dpo: 336 training pairs, 56 validation pairs" in out
     assert "format: pairs — detected: columns 'prompt', 'chosen' and 'rejected'" in out
     assert "chosen" in out and "rejected" in out and "prompt alone reaches max_length: 0" in out
     assert "is the capital of" in out  # a rendered example
     code, out = cli("data", str(preset_file), "--json")
     assert code == 0
     report = json.loads(out)
-    assert (report["stage"], report["train"], report["eval"], report["format"]) == ("dpo", 224, 56, "pairs")
+    assert (report["stage"], report["train"], report["eval"], report["format"]) == ("dpo", 336, 56, "pairs")
     assert report["chosen_length"]["max"] > 0 and report["examples"][0]["answers"][1][0] == "rejected"
 
 

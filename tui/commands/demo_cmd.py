@@ -16,6 +16,8 @@ from tui.commands.common import CliError, console, print_json, workspace
 
 DEMO_PRESET = "demo"
 DIVERGE_PRESET = "demo-diverge"
+DPO_PRESET = "demo-dpo"
+PAIRS_FILE, PAIRS_VAL_FILE = "demo_pairs.json", "demo_pairs_val.json"
 POLL_SECONDS = 0.5
 
 
@@ -24,14 +26,17 @@ def register(subparsers) -> None:
     parser.add_argument("--headless", action="store_true",
                         help="no TUI: follow the run here, then print base and fine-tuned answers")
     parser.add_argument("--no-diverge", action="store_true", help="do not queue demo-diverge behind the demo")
+    parser.add_argument("--dpo", action="store_true",
+                        help="then demo-dpo: DPO from the demo's adapter on generated pairs (held-out pair accuracy before and after)")
     parser.add_argument("--json", action="store_true", help="with --headless: print the comparison as JSON")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a field of the demo preset (repeatable)")
     parser.set_defaults(handler=_demo)
 
 
-def prepare_demo_workspace(ws, out) -> None:
-    """The tiny model and the demo dataset inside the workspace; kept when already there."""
+def prepare_demo_workspace(ws, out, *, pairs: bool = False) -> None:
+    """The tiny model and the demo dataset (and, with `pairs`, the DPO demo's pairs) inside the
+    workspace; kept when already there."""
     model_dir = ws.models_dir / "tiny"
     if (model_dir / "config.json").is_file():
         out.print(f"[dim]tiny model: {model_dir} (already there)[/]")
@@ -50,6 +55,11 @@ def prepare_demo_workspace(ws, out) -> None:
 
         write_demo_dataset(data_file)
         out.print(f"wrote the demo dataset to {data_file}")
+    if pairs and not (ws.data_dir / PAIRS_VAL_FILE).is_file():
+        from engine.demo_data import write_demo_preference_dataset
+
+        train, val = write_demo_preference_dataset(ws.data_dir / PAIRS_FILE, ws.data_dir / PAIRS_VAL_FILE)
+        out.print(f"wrote the DPO demo's pairs to {train} and {val}")
 
 
 def _active_run(store, preset_name: str):
@@ -69,7 +79,7 @@ def _demo(args: argparse.Namespace) -> int:
     # With --json, stdout holds the JSON alone: the story and the progress bar go to stderr.
     out = console(stderr=args.json)
     out.print(f"[bold]tunebench demo[/] in workspace {ws.root}")
-    prepare_demo_workspace(ws, out)
+    prepare_demo_workspace(ws, out, pairs=args.dpo)
     store = open_store(ws)
 
     run = None if args.overrides else _active_run(store, DEMO_PRESET)
@@ -78,6 +88,11 @@ def _demo(args: argparse.Namespace) -> int:
     else:
         run = control.submit(ws, DEMO_PRESET, name=DEMO_PRESET, overrides=args.overrides, start=False)
         out.print(f"queued the demo run {run.id}")
+    dpo = None
+    if args.dpo:
+        dpo = _active_run(store, DPO_PRESET) or control.submit(
+            ws, DPO_PRESET, name=DPO_PRESET, overrides=[f"model.start_from={run.id}"], start=False)
+        out.print(f"queued {DPO_PRESET} ({dpo.id}) behind it: DPO from the demo's adapter on generated pairs")
     if not args.no_diverge and _active_run(store, DIVERGE_PRESET) is None:
         diverge = control.submit(ws, DIVERGE_PRESET, name=DIVERGE_PRESET, start=False)
         out.print(f"queued {DIVERGE_PRESET} ({diverge.id}) behind it: a learning rate far too high, for the doctor")
@@ -85,18 +100,25 @@ def _demo(args: argparse.Namespace) -> int:
     out.print(f"engine: {status.describe()}")
 
     if args.headless or not sys.stdout.isatty():
-        return _follow_and_compare(ws, store, run.id, out, as_json=args.json)
+        comparison = _follow_demo(ws, store, run.id, out)
+        if dpo is None:
+            if args.json:
+                print_json(comparison)
+            return 0
+        shift = _follow_preference(ws, store, dpo.id, out)
+        if args.json:  # one document: the SFT comparison and the pairs before / after DPO
+            print_json({DEMO_PRESET: comparison, DPO_PRESET: shift})
+        return 0
     from tui.app import run_app
 
     return run_app(str(ws.root), open_run=run.id, open_when_done="chat")
 
 
-def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
+def _follow(store, run_id: str, label: str, out):
+    """The run's progress bar until it ends; the ended run."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from jobs.chats import compare_on_training_question
-
-    with Progress(TextColumn("[bold]demo[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+    with Progress(TextColumn(f"[bold]{label}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                   TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(), console=out, transient=False) as bar:
         task = bar.add_task("train", total=None, loss="–")
         while True:
@@ -104,19 +126,38 @@ def _follow_and_compare(ws, store, run_id: str, out, *, as_json: bool) -> int:
             loss = f"{run.last_loss:.3f}" if run.last_loss is not None else "–"
             bar.update(task, completed=run.step, total=run.total_steps, loss=loss)
             if run.state not in ("queued", "running"):
-                break
+                return run
             time.sleep(POLL_SECONDS)
+
+
+def _follow_demo(ws, store, run_id: str, out) -> dict:
+    """Follow the demo run; then base and fine-tuned answer a training question (told on `out`)."""
+    from rich.panel import Panel
+
+    from jobs.chats import compare_on_training_question
+
+    run = _follow(store, run_id, "demo", out)
     if run.state != "completed":
         raise CliError(f"the demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}", run.advice, exit_code=1)
     out.print(f"[green]the demo run completed[/] in {run.running_time():.0f} s; best eval loss {run.best_eval_loss}")
     comparison = compare_on_training_question(ws, run_id)
-    if as_json:
-        print_json(comparison)
-        return 0
-    from rich.panel import Panel
-
     out.print(f"[bold]> {comparison['question']}[/]   (the training answer: {comparison['reference']})")
     for side in ("base", "fine-tuned"):
         exact = "[green]exact[/]" if comparison[side]["exact"] else "[red]not the answer[/]"
         out.print(Panel(comparison[side]["text"] or "(empty)", title=side, subtitle=exact, title_align="left"))
-    return 0
+    return comparison
+
+
+def _follow_preference(ws, store, run_id: str, out) -> dict:
+    """Follow demo-dpo, then rank its held-out pairs with its starting adapter and with its result."""
+    from jobs.targets import preference_before_after
+
+    run = _follow(store, run_id, "demo-dpo", out)
+    if run.state != "completed":
+        raise CliError(f"the DPO demo run ended {run.state}: {run.error or 'see tunebench logs ' + run_id}", run.advice, exit_code=1)
+    out.print(f"[green]the DPO demo run completed[/] in {run.running_time():.0f} s; ranking the held-out pairs …")
+    shift = preference_before_after(ws, run_id)
+    out.print(f"held-out pairs ({shift['pairs']}): the right answer more likely than the wrong one in "
+              f"[bold]{shift['start']['accuracy']:.0%}[/] at the start (the SFT demo) and [bold]{shift['result']['accuracy']:.0%}[/] after DPO; "
+              f"mean margin {shift['start']['margin']:+.2f} → {shift['result']['margin']:+.2f} (log-prob)")
+    return shift
