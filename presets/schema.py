@@ -346,7 +346,7 @@ class ProbesConfig(Section):
 
 class DoctorConfig(Section):
     stop_on_nan: bool = Field(True, description="stop the run when loss or grad_norm is NaN/Inf")
-    stop_on_divergence: bool = Field(False, description="stop the run when the doctor reports divergence")
+    stop_on_divergence: bool = Field(False, description="stop the run when the doctor reports divergence (preference stages: reward margins shrinking from their best)")
 
 
 class DistributedConfig(Section):

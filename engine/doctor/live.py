@@ -213,4 +213,6 @@ class LiveDoctor:
             return self.stop_on_nan
         if finding.rule == "divergence" and finding.severity != "info":
             return self.stop_on_divergence
+        if finding.rule == "pref_margins" and finding.evidence.get("kind") == "shrinking":
+            return self.stop_on_divergence  # a preference run's divergence: the learnt preference undone
         return False

@@ -176,6 +176,18 @@ def test_margins_that_shrink_after_their_best():
     assert "training.lr: 5e-06 → 1.7e-06" in finding.advice and finding.change == {"training.lr": 1.7e-06}
 
 
+def test_shrinking_margins_stop_the_run_under_stop_on_divergence():
+    run = preference_run(60, seed=1, final_margin=3.0, tau=5)
+    run["rewards/margins"] = [(s, v if i < 30 else v * max(0.1, 1 - (i - 30) / 20))
+                              for i, (s, v) in enumerate(run["rewards/margins"])]
+    for stop in (True, False):
+        live = LiveDoctor(SimpleNamespace(stage="dpo", training=None, doctor=SimpleNamespace(stop_on_nan=True, stop_on_divergence=stop)),
+                          precision="bf16")
+        reported = [f for i, s in enumerate(steps(60)) for f in live.observe(s, {n: run[n][i][1] for n in run})]
+        shrinking = [f for f in reported if f.rule == "pref_margins" and f.evidence["kind"] == "shrinking"]
+        assert shrinking and all(f.stop == stop for f in shrinking)
+
+
 def test_margins_that_stop_growing_while_the_lr_is_high():
     # Margins flat at 0.5 with three pairs in ten still wrong, the learning rate at its peak.
     run = preference_run(60, seed=1, pairs=64, final_margin=0.5, spread=2.5, tau=5, lr=constant_lr(60))
