@@ -75,6 +75,8 @@ class _Encoded:
     closed: bool | None  # every answer closed by an end-of-turn token (None: text)
     eot_id: int | None
     exact: bool
+    prefix_rendered: bool = False  # its mask came from rendering each prefix (no slot layout: render.py)
+    supervised: int = 0  # labels that train (the first never does), after truncation
 
 
 @dataclass
@@ -171,9 +173,13 @@ class _Encoder:
             if isinstance(item, str):
                 out.append(item)
                 continue
-            item.input_ids, item.labels = item.input_ids[:limit], item.labels[:limit]
+            if len(item.input_ids) > limit:
+                item.input_ids, item.labels = item.input_ids[:limit], item.labels[:limit]
             # The first label is never predicted (nothing comes before it), so it does not count.
-            if item.labels[1:].count(IGNORE_INDEX) == len(item.labels) - 1:  # no label but the first (list.count runs in C)
+            labels = item.labels  # list.count runs in C; labels[1:] would copy the list
+            unlabeled_after_first = labels.count(IGNORE_INDEX) - (bool(labels) and labels[0] == IGNORE_INDEX)
+            item.supervised = len(labels) - 1 - unlabeled_after_first
+            if item.supervised == 0:
                 out.append("no supervised token left after truncation to max_length"
                            if item.raw_length > limit else "no supervised tokens")
                 continue
@@ -193,18 +199,21 @@ class _Encoder:
     def _encode_chats(self, samples: list[Sample]) -> list[_Encoded | str]:
         renderer = self.renderer
         layouts: list = []
+        slow: list[bool] = []
         for sample in samples:
+            before = renderer.exact_renders
             try:
                 prepared, tools = renderer.prepare(sample.messages, sample.tools)
                 layouts.append(renderer.segments(prepared, tools))
             except Exception as exc:  # jinja errors and templates' raise_exception()
                 message = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
                 layouts.append(f"chat template error: {message}")
+            slow.append(renderer.exact_renders > before)
         pieces = [text for layout in layouts if not isinstance(layout, str) for text, _ in layout[0]]
         tokens = self._tokenize(pieces)
         out: list[_Encoded | str] = []
         cursor = 0
-        for sample, layout in zip(samples, layouts):
+        for sample, layout, prefix_rendered in zip(samples, layouts, slow):
             if isinstance(layout, str):
                 out.append(layout)
                 continue
@@ -214,7 +223,7 @@ class _Encoder:
             ids, labels, closed, eot_id = renderer.assemble(parts, token_lists)
             if not self.data.assistant_only_loss:
                 labels = list(ids)
-            out.append(_Encoded(sample, ids, labels, len(ids), closed, eot_id, exact))
+            out.append(_Encoded(sample, ids, labels, len(ids), closed, eot_id, exact, prefix_rendered))
         return out
 
     def _encode_texts(self, samples: list[Sample]) -> list[_Encoded]:
@@ -307,7 +316,7 @@ def _encoded_features():
     return Features({
         "input_ids": List(Value("int32")), "labels": List(Value("int32")), "raw_length": Value("int32"),
         "supervised": Value("int32"), "closed": Value("int8"), "eot_id": Value("int64"), "exact": Value("bool"),
-        "drop": Value("string"), "key": Value("int64"), "where": Value("string"),
+        "prefix_rendered": Value("bool"), "drop": Value("string"), "key": Value("int64"), "where": Value("string"),
     })
 
 
@@ -377,21 +386,39 @@ class _BatchEncoder:
             out["key"].append(_key_hash(sample))
             if isinstance(item, str):
                 for name, empty in (("input_ids", []), ("labels", []), ("raw_length", 0), ("supervised", 0),
-                                    ("closed", -1), ("eot_id", -1), ("exact", True)):
+                                    ("closed", -1), ("eot_id", -1), ("exact", True), ("prefix_rendered", False)):
                     out[name].append(empty)
                 out["drop"].append(item)
                 continue
             out["input_ids"].append(item.input_ids)
             out["labels"].append(item.labels)
             out["raw_length"].append(item.raw_length)
-            out["supervised"].append(len(item.labels) - 1 - item.labels[1:].count(IGNORE_INDEX))  # list.count runs in C
+            out["supervised"].append(item.supervised)
             out["closed"].append(-1 if item.closed is None else int(item.closed))
             out["eot_id"].append(-1 if item.eot_id is None else item.eot_id)
             out["exact"].append(item.exact)
+            out["prefix_rendered"].append(item.prefix_rendered)
             out["drop"].append("")
         # A table of the final types: the map writes it as is, where a dict of lists would be
         # converted through datasets' type inference (twice the time for the token columns).
-        return pa.Table.from_pydict(out, schema=_encoded_features().arrow_schema)
+        schema = _encoded_features().arrow_schema
+        return pa.Table.from_arrays([_int32_lists(out[name]) if name in ("input_ids", "labels") else
+                                     pa.array(out[name], type=schema.field(name).type) for name in schema.names],
+                                    schema=schema)
+
+
+def _int32_lists(rows: list[list[int]]):
+    """An Arrow list<int32> array of `rows`, through numpy: several times faster than pyarrow's
+    conversion of nested Python lists, the largest cost of the map after tokenising."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
+    np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def default_processes(rows: int) -> int:
@@ -707,7 +734,10 @@ def _has_chats(samples) -> bool:
 def _columns(encoded) -> dict[str, list]:
     """The per-row facts of an encoded dataset (not the tokens), as lists."""
     table = encoded.with_format("arrow")
-    return {name: table[name].to_pylist() for name in ("raw_length", "supervised", "closed", "eot_id", "exact", "drop", "key")}
+    return {name: table[name].to_pylist() for name in ("raw_length", "supervised", "closed", "eot_id", "exact", "prefix_rendered", "drop", "key")}
+
+
+_MAX_SLICES = 8  # runs of kept rows written as slices of one batch of the map's output
 
 
 def _write_rows(encoded, rows: list[int], path: Path) -> None:
@@ -727,10 +757,17 @@ def _write_rows(encoded, rows: list[int], path: Path) -> None:
                 for batch in pa.ipc.open_stream(source):
                     mask = keep[offset : offset + batch.num_rows]
                     offset += batch.num_rows
-                    table = pa.Table.from_batches([batch]).select(["input_ids", "labels"]).filter(pa.array(mask))
+                    table = pa.Table.from_batches([batch]).select(["input_ids", "labels"])
                     if writer is None:
                         writer = pa.ipc.new_stream(sink, table.schema)
-                    writer.write_table(table)
+                    # The kept runs as zero-copy slices (a filter copies the token columns); many
+                    # gaps: one filtered copy rather than many small batches.
+                    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
+                    if len(edges) > 2 * _MAX_SLICES:
+                        writer.write_table(table.filter(pa.array(mask)))
+                        continue
+                    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
+                        writer.write_table(table.slice(start, stop - start))
         if writer is None:  # no row at all: an empty file with the schema
             schema = encoded.features.arrow_schema
             writer = pa.ipc.new_stream(sink, pa.schema([schema.field("input_ids"), schema.field("labels")]))
@@ -766,6 +803,7 @@ def _fill_stats(report: DataReport, tokenizer, encoded, columns: dict, kept: lis
         eot = next((columns["eot_id"][i] for i in chats if columns["eot_id"][i] != -1), None)
         report.end_of_turn_token = tokenizer.convert_ids_to_tokens(eot) if eot is not None else None
         report.inexact_masks = sum(1 for i in chats if not columns["exact"][i])
+        report.prefix_rendered = sum(1 for i in chats if columns["prefix_rendered"][i])
         if not report.template_has_eos_after_assistant:
             open_count = sum(1 for i in chats if columns["closed"][i] == 0)
             report.warnings.append(

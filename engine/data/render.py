@@ -15,6 +15,11 @@ mismatch falls back to the longest common prefix and is counted in DataReport.in
 Inside it, tokens after the last end-of-turn token (ChatML's newline after <|im_end|>) belong to
 the scaffolding and stay unsupervised: the model learns to stop, not to emit separators.
 
+For the templates in _SLOT_TEMPLATES, which only concatenate a message's content, the renderings
+are made once per conversation shape (its roles) with a slot for each content, and each
+conversation of that shape fills the slots: the same segments for a string join instead of a
+rendering per prefix (DataReport.prefix_rendered counts the conversations that still render them).
+
 Text between answers is tokenized segment by segment, as generation sees it: the prompt is
 tokenized on its own, then the model writes the answer.
 """
@@ -24,10 +29,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 from engine.errors import DataError
-from engine.templates import CHATML, CHATML_WITH_EOS, is_inline_template, lookup_template
+from engine.templates import ALPACA, CHATML, CHATML_WITH_EOS, LLAMA3, MISTRAL, QWEN2, is_inline_template, lookup_template
 from presets.schema import DataConfig
 
 log = logging.getLogger("tunebench.data")
@@ -39,6 +45,16 @@ END_OF_TURN_TOKENS = (
     "<|end_of_text|>", "<|return|>", "<|call|>", "<｜end▁of▁sentence｜>",
 )
 _SENTINEL = "\x00tunebench-probe\x00"
+# Templates in which a message's content reaches the output only concatenated, as is or through
+# the function given here (LLAMA3's `| trim`), never tested or measured, and carried into another
+# message's rendering (MISTRAL's system prompt) only by concatenation. Their renderings of a
+# conversation and of its prefixes are then those of a skeleton conversation (same roles, a slot
+# for each content) with the contents put in the slots, so the segments of one skeleton serve every
+# conversation of that shape. Any other template takes the exact path, a few renderings a conversation.
+_SLOT_TEMPLATES = {CHATML: None, CHATML_WITH_EOS: None, QWEN2: None, MISTRAL: None, ALPACA: None, LLAMA3: str.strip}
+_SLOT = "\x00{}\x01"
+_SLOT_SPLIT = re.compile("\x00(\\d+)\x01")
+_MAX_LAYOUTS = 4096  # conversation shapes remembered per renderer (each costs one exact rendering)
 TOOLS_PREAMBLE = (
     "You can call the following tools. To call one, answer with a JSON object "
     '{"name": <tool name>, "arguments": <arguments object>}.\n'
@@ -132,6 +148,10 @@ class ChatRenderer:
         self.special_tokens = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
         self._template_kwargs = _plain_template_data(self.special_tokens)
         self.eot_ids = end_of_turn_ids(tokenizer)
+        self._slotted = template in _SLOT_TEMPLATES
+        self._fill = _SLOT_TEMPLATES.get(template)
+        self._layouts: dict[tuple[str, ...], list | None] = {}
+        self.exact_renders = 0  # conversations segmented by the exact path (no slot layout applied)
 
     # ------------------------------------------------------------------ rendering
 
@@ -179,7 +199,65 @@ class ChatRenderer:
         """[(text, is_answer)] covering the rendered conversation, and whether every boundary was
         exact (False: the template renders a prefix differently from the full conversation, and the
         boundary fell back to the longest common prefix)."""
-        messages, tools = self._plain(messages, tools)
+        parts = self._slotted_segments(messages, tools) if self._slotted else None
+        if parts is not None:
+            return parts, True
+        self.exact_renders += 1
+        return self._segments(*self._plain(messages, tools))
+
+    def _slotted_segments(self, messages: list[dict], tools) -> list[tuple[str, bool]] | None:
+        """The segments from the layout of the conversation's shape (see _SLOT_TEMPLATES); None
+        where it does not apply: tools, or a role or content that is not a plain string."""
+        if tools is not None:
+            return None
+        roles = []
+        for message in messages:
+            role, content = message.get("role"), message.get("content")
+            if type(role) is not str or type(content) is not str:
+                return None
+            roles.append(role)
+        shape = tuple(roles)
+        if shape in self._layouts:
+            layout = self._layouts[shape]
+        else:
+            layout = self._layout(shape)
+            if len(self._layouts) < _MAX_LAYOUTS:
+                self._layouts[shape] = layout
+        if layout is None:
+            return None
+        fill = self._fill
+        contents = [m["content"] if fill is None else fill(m["content"]) for m in messages]
+        parts = []
+        for pieces, is_answer in layout:
+            text = "".join([piece if type(piece) is str else contents[piece] for piece in pieces])
+            if text:  # the exact path keeps no empty segment either
+                parts.append((text, is_answer))
+        return parts
+
+    def _layout(self, roles: tuple[str, ...]) -> list | None:
+        """The exact segments of a skeleton conversation with these roles, each segment as literal
+        text and content slots (message indices); None when a boundary is not exact there, or a
+        segment boundary cuts a slot: such conversations take the exact path."""
+        if any("\x00" in role or "\x01" in role for role in roles):  # would read as a slot
+            return None
+        skeleton = [{"role": role, "content": _SLOT.format(i)} for i, role in enumerate(roles)]
+        try:
+            parts, exact = self._segments(skeleton, None, probe=False)
+        except Exception:  # the exact path raises it again, with the conversation's own text
+            return None
+        if not exact:
+            return None
+        layout = []
+        for text, is_answer in parts:
+            split = _SLOT_SPLIT.split(text)  # literal, slot, literal, slot, ..., literal
+            if any("\x00" in literal or "\x01" in literal for literal in split[::2]):
+                return None
+            pieces = [piece if i % 2 == 0 else int(piece) for i, piece in enumerate(split)]
+            layout.append(([piece for piece in pieces if piece != ""], is_answer))
+        return layout
+
+    def _segments(self, messages: list[dict], tools, *, probe: bool = True) -> tuple[list[tuple[str, bool]], bool]:
+        """The exact path over plain data: renders of the conversation and of its prefixes."""
         full = self._render_plain(messages, tools, False)
         parts: list[tuple[str, bool]] = []
         cursor, exact = 0, True
@@ -187,7 +265,7 @@ class ChatRenderer:
             if message["role"] != "assistant":
                 continue
             start, ok_start = _prefix_end(full, self._render_prefix(messages[:index], tools))
-            end, ok_end = self._answer_end(full, messages, index, tools)
+            end, ok_end = self._answer_end(full, messages, index, tools, probe)
             exact = exact and ok_start and ok_end
             start = max(start, cursor)
             end = max(end, start)
@@ -200,21 +278,21 @@ class ChatRenderer:
             parts.append((full[cursor:], False))
         return parts, exact
 
-    def _answer_end(self, full: str, messages: list[dict], index: int, tools) -> tuple[int, bool]:
+    def _answer_end(self, full: str, messages: list[dict], index: int, tools, probe: bool = True) -> tuple[int, bool]:
         """Where the assistant turn at `index` (with its closing text) ends in `full`."""
         if index + 1 == len(messages):  # the last message: its rendering is `full` itself
             return len(full), True
         end, exact = _prefix_end(full, self._render_plain(messages[: index + 1], tools, False))
-        if exact:
+        if exact or not probe:  # probe=False: a skeleton, whose probe would compare slots, not text
             return end, exact
         # Some templates render the latest answer differently from answers in the history (Qwen3
         # drops the <think> block of earlier turns). Render the turn as history instead: followed by
         # the next message with a sentinel for its text. The rendering matches `full` up to the
         # sentinel; the next turn's header that this leaves in the span lies after the end-of-turn
         # token and carries no label (see assemble).
-        probe = messages[: index + 1] + [{"role": messages[index + 1]["role"], "content": _SENTINEL}]
+        probed = messages[: index + 1] + [{"role": messages[index + 1]["role"], "content": _SENTINEL}]
         try:
-            rendered = self._render_plain(probe, tools, False)
+            rendered = self._render_plain(probed, tools, False)
         except Exception:
             return end, False
         reach = len(os.path.commonprefix([full, rendered]))

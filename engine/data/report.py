@@ -101,6 +101,7 @@ class DataReport:
     template_has_eos_after_assistant: bool | None = None  # None: text format (eos appended to each text)
     end_of_turn_token: str | None = None  # the token that closes answers, when there is one
     inexact_masks: int = 0  # samples whose template renders prefixes differently (boundary approximated)
+    prefix_rendered: int = 0  # chat samples masked by rendering each prefix (the others: their shape's slot layout)
     example: RenderedExample | None = None
     sampled: int = 0  # data.streaming: the report covers only the first `sampled` training samples (0: all)
 
