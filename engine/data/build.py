@@ -3,7 +3,8 @@
 The pass writes Arrow files, never a Python list of the whole set: the normalised samples of each
 source go to a samples file as they are read, a batched `datasets.map` (over several processes for
 large inputs) renders, tokenises, masks and truncates them, and the report is computed from the
-columns of that result. The rows the trainer sees are memory-mapped Arrow datasets. With a cache
+columns of that result. The rows the trainer sees are the map's own files, memory-mapped, with the
+kept rows in the seed's order as an index mapping over them. With a cache
 folder (engine.data.cache) the whole result is kept under a key of everything that shapes it, so the
 next run, `tunebench data` or eval of the same data loads it instead of preparing it again.
 """
@@ -11,6 +12,7 @@ next run, `tunebench data` or eval of the same data loads it instead of preparin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from engine.errors import DataError
 from presets.schema import DataConfig
 
 if TYPE_CHECKING:
+    import numpy as np
     from datasets import Dataset
 
 log = logging.getLogger("tunebench.data")
@@ -41,6 +44,7 @@ MAP_BATCH = 1000  # samples per call of the batched map
 MAX_PROCESSES = 8  # map processes at most (tokenisation saturates memory bandwidth beyond this)
 PARALLEL_MIN_ROWS = 4000  # below this one process is faster than starting a pool
 PROGRESS_STEPS = 50  # the map runs in about this many blocks when progress is reported
+ROWS_FILE = "rows.json"  # an entry's map files and the positions of the kept rows in them
 
 # progress(stage, done, total): stage is "tokenising"; done and total count samples.
 Progress = Callable[[str, int, int], None]
@@ -147,6 +151,23 @@ def _refuse_empty(files: list[str], split: _Split, what: str) -> None:
     )
 
 
+@dataclass
+class _EncodedBatch:
+    """A batch of samples' tokens as flat arrays: row i's are ids[offsets[i]:offsets[i + 1]] (none
+    for a dropped row), so the map writes them to Arrow without a Python list per row."""
+
+    ids: "np.ndarray"  # int32
+    labels: "np.ndarray"  # int32, IGNORE_INDEX where no loss
+    offsets: "np.ndarray"  # int32, one more than the rows
+    raw_length: list[int]  # tokens before truncation (0: dropped)
+    supervised: list[int]  # labels that train (the first never does), after truncation
+    closed: list[int]  # every answer closed by an end-of-turn token: 1 / 0; -1 text or dropped
+    eot_id: list[int]  # the end-of-turn token's id; -1 none
+    exact: list[bool]
+    prefix_rendered: list[bool]  # its mask came from rendering each prefix (no slot layout: render.py)
+    drop: list[str]  # why the row is left out; "" kept
+
+
 class _Encoder:
     """Render, tokenise, mask and truncate samples: the one per-row implementation."""
 
@@ -157,33 +178,18 @@ class _Encoder:
 
     def encode_each(self, samples: list[Sample]) -> list[_Encoded | str]:
         """Per sample, in order: its tokens and labels, or the reason it is dropped."""
-        chats = [s for s in samples if s.text is None]
-        texts = [s for s in samples if s.text is not None]
-        encoded: dict[int, _Encoded | str] = {}
-        if chats:
-            for sample, item in zip(chats, self._encode_chats(chats)):
-                encoded[id(sample)] = item
-        if texts:
-            for sample, item in zip(texts, self._encode_texts(texts)):
-                encoded[id(sample)] = item
+        batch = self.encode_batch(samples)
         out: list[_Encoded | str] = []
-        limit = self.data.max_length
-        for sample in samples:
-            item = encoded[id(sample)]
-            if isinstance(item, str):
-                out.append(item)
+        for i, sample in enumerate(samples):
+            if batch.drop[i]:
+                out.append(batch.drop[i])
                 continue
-            if len(item.input_ids) > limit:
-                item.input_ids, item.labels = item.input_ids[:limit], item.labels[:limit]
-            # The first label is never predicted (nothing comes before it), so it does not count.
-            labels = item.labels  # list.count runs in C; labels[1:] would copy the list
-            unlabeled_after_first = labels.count(IGNORE_INDEX) - (bool(labels) and labels[0] == IGNORE_INDEX)
-            item.supervised = len(labels) - 1 - unlabeled_after_first
-            if item.supervised == 0:
-                out.append("no supervised token left after truncation to max_length"
-                           if item.raw_length > limit else "no supervised tokens")
-                continue
-            out.append(item)
+            start, stop = batch.offsets[i], batch.offsets[i + 1]
+            closed, eot_id = batch.closed[i], batch.eot_id[i]
+            out.append(_Encoded(sample, batch.ids[start:stop].tolist(), batch.labels[start:stop].tolist(),
+                                batch.raw_length[i], None if closed == -1 else bool(closed),
+                                None if eot_id == -1 else eot_id, batch.exact[i], batch.prefix_rendered[i],
+                                batch.supervised[i]))
         return out
 
     def encode(self, samples: list[Sample], dropped: dict[str, int]) -> list[_Encoded]:
@@ -196,48 +202,130 @@ class _Encoder:
                 out.append(item)
         return out
 
-    def _encode_chats(self, samples: list[Sample]) -> list[_Encoded | str]:
+    def encode_batch(self, samples: list[Sample]) -> _EncodedBatch:
+        """Every sample's pieces (token lists, each with how many of its leading tokens train), then
+        the tokens, labels and truncation of the whole batch at once in numpy."""
+        import numpy as np
+
+        count = len(samples)
+        chats = [i for i, s in enumerate(samples) if s.text is None]
+        texts = [i for i, s in enumerate(samples) if s.text is not None]
+        layouts = self._layouts([samples[i] for i in chats]) if chats else []
+        chat_tokens = self._tokenize([text for layout, _ in layouts if not isinstance(layout, str) for text, _ in layout[0]])
+        text_tokens = self._encode_texts([samples[i] for i in texts]) if texts else []
+        planned: list = [None] * count  # per sample: (its pieces, closed, eot_id, exact, prefix_rendered) or a drop reason
+        cursor = 0
+        for i, (layout, prefix_rendered) in zip(chats, layouts):
+            if isinstance(layout, str):
+                planned[i] = layout
+                continue
+            parts, exact = layout
+            tokens = chat_tokens[cursor : cursor + len(parts)]
+            cursor += len(parts)
+            planned[i] = (*self._answer_spans(parts, tokens), exact, prefix_rendered)
+        for i, ids in zip(texts, text_tokens):
+            planned[i] = ([(ids, len(ids))], -1, -1, True, False)
+
+        pieces: list[list[int]] = []
+        trained: list[int] = []  # per piece: its leading tokens that train
+        row_pieces = np.zeros(count, dtype=np.int64)
+        drop = [""] * count
+        closed, eot_id, exact, prefix_rendered = [-1] * count, [-1] * count, [True] * count, [False] * count
+        for i, plan in enumerate(planned):
+            if isinstance(plan, str):
+                drop[i] = plan
+                continue
+            row, closed[i], eot_id[i], exact[i], prefix_rendered[i] = plan
+            row_pieces[i] = len(row)
+            for tokens, n in row:
+                pieces.append(tokens)
+                trained.append(n)
+
+        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        total = int(lengths.sum())
+        ids = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int32, count=total)
+        trained_counts = np.asarray(trained, dtype=np.int64)
+        # Each piece is a run of trained tokens, then a run of untrained ones.
+        runs = np.column_stack((trained_counts, lengths - trained_counts)).ravel()
+        mask = np.repeat(np.tile(np.array([True, False]), len(pieces)), runs)
+        piece_ends = np.concatenate(([0], np.cumsum(lengths)))
+        row_starts = piece_ends[np.concatenate(([0], np.cumsum(row_pieces)))]
+        raw_length = np.diff(row_starts)
+
+        limit = self.data.max_length
+        kept_length = np.minimum(raw_length, limit)
+        starts = row_starts[:-1]
+        # Trained tokens per row from the pieces' counts; the first label is never predicted (nothing
+        # comes before it), so it does not count. Truncated rows count what is left of them.
+        trained_by_piece = np.concatenate(([0], np.cumsum(trained_counts)))
+        supervised = np.diff(trained_by_piece[np.concatenate(([0], np.cumsum(row_pieces)))])
+        nonempty = np.flatnonzero(raw_length > 0)
+        supervised[nonempty] -= mask[starts[nonempty]]
+        for i in np.flatnonzero(raw_length > limit).tolist():
+            supervised[i] = int(np.count_nonzero(mask[starts[i] + 1 : starts[i] + limit]))
+        for i in np.flatnonzero(supervised == 0).tolist():
+            if not drop[i]:  # rows that failed to render are dropped already
+                drop[i] = ("no supervised token left after truncation to max_length" if raw_length[i] > limit
+                           else "no supervised tokens")
+        dropped = np.array([bool(d) for d in drop])
+        kept_length[dropped] = 0
+        offsets = np.concatenate(([0], np.cumsum(kept_length))).astype(np.int32)
+        if int(offsets[-1]) != total:  # truncated or dropped rows: gather the tokens that stay
+            source = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1], kept_length)
+            ids, mask = ids[source], mask[source]
+        labels = np.where(mask, ids, np.int32(IGNORE_INDEX)).astype(np.int32, copy=False)
+        raw = raw_length.tolist()
+        supervised_list = supervised.tolist()
+        for i in np.flatnonzero(dropped).tolist():
+            raw[i], supervised_list[i], closed[i], eot_id[i], exact[i], prefix_rendered[i] = 0, 0, -1, -1, True, False
+        return _EncodedBatch(ids, labels, offsets, raw, supervised_list, closed, eot_id, exact, prefix_rendered, drop)
+
+    def _layouts(self, samples: list[Sample]) -> list[tuple]:
+        """Per conversation: (its segments and whether they are exact, or why it is dropped;
+        whether its mask came from rendering each prefix)."""
         renderer = self.renderer
-        layouts: list = []
-        slow: list[bool] = []
+        out = []
         for sample in samples:
             before = renderer.exact_renders
             try:
                 prepared, tools = renderer.prepare(sample.messages, sample.tools)
-                layouts.append(renderer.segments(prepared, tools))
+                layout = renderer.segments(prepared, tools)
             except Exception as exc:  # jinja errors and templates' raise_exception()
                 message = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
-                layouts.append(f"chat template error: {message}")
-            slow.append(renderer.exact_renders > before)
-        pieces = [text for layout in layouts if not isinstance(layout, str) for text, _ in layout[0]]
-        tokens = self._tokenize(pieces)
-        out: list[_Encoded | str] = []
-        cursor = 0
-        for sample, layout, prefix_rendered in zip(samples, layouts, slow):
-            if isinstance(layout, str):
-                out.append(layout)
-                continue
-            parts, exact = layout
-            token_lists = tokens[cursor : cursor + len(parts)]
-            cursor += len(parts)
-            ids, labels, closed, eot_id = renderer.assemble(parts, token_lists)
-            if not self.data.assistant_only_loss:
-                labels = list(ids)
-            out.append(_Encoded(sample, ids, labels, len(ids), closed, eot_id, exact, prefix_rendered))
+                layout = f"chat template error: {message}"
+            out.append((layout, renderer.exact_renders > before))
         return out
 
-    def _encode_texts(self, samples: list[Sample]) -> list[_Encoded]:
+    def _answer_spans(self, parts: list[tuple[str, bool]], tokens: list[list[int]]) -> tuple[list, int, int]:
+        """A conversation's pieces with their trained tokens (an answer's through its last end-of-turn
+        token; everything when data.assistant_only_loss is off), whether an end-of-turn token closed
+        every answer (1 / 0), and that token's id (-1: none)."""
+        closed, eot_id = 1, -1
+        row = []
+        for (_, is_answer), piece in zip(parts, tokens):
+            if not is_answer:
+                row.append((piece, 0 if self.data.assistant_only_loss else len(piece)))
+                continue
+            n, eot = self.renderer.answer_span(piece)
+            if eot is None:
+                closed = 0
+            elif eot_id == -1:
+                eot_id = eot
+            row.append((piece, n if self.data.assistant_only_loss else len(piece)))
+        return row, closed, eot_id
+
+    def _encode_texts(self, samples: list[Sample]) -> list[list[int]]:
         tokenizer = self.tokenizer
         eos = getattr(tokenizer, "eos_token_id", None)
         out = []
         for start in range(0, len(samples), _TOKENIZE_CHUNK):
             chunk = samples[start : start + _TOKENIZE_CHUNK]
             # Special tokens on: a bos where the model family has one. eos closes each document.
-            for sample, ids in zip(chunk, tokenizer([s.text for s in chunk], add_special_tokens=True, verbose=False)["input_ids"]):
+            for ids in tokenizer([s.text for s in chunk], add_special_tokens=True, verbose=False)["input_ids"]:
                 ids = list(ids)
                 if eos is not None and (not ids or ids[-1] != eos):
                     ids.append(eos)
-                out.append(_Encoded(sample, ids, list(ids), len(ids), None, None, True))
+                out.append(ids)
         return out
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
@@ -333,9 +421,12 @@ def _sample_of(where: str, messages: str, tools: str, text: str | None) -> Sampl
     return Sample(where, messages=json.loads(messages), tools=json.loads(tools) if tools else None)
 
 
-def _key_hash(sample: Sample) -> int:
-    """A 63-bit hash of the sample's content, for duplicate and overlap counts in numpy."""
-    return int.from_bytes(hashlib.blake2b(sample.key().encode(), digest_size=8).digest(), "little") >> 1
+def _key_hash(messages: str, tools: str, text: str | None) -> int:
+    """A 63-bit hash of a sample's content as the samples file holds it, for duplicate and overlap
+    counts in numpy. Equal conversations are equal there: the same normalised turns, in the same
+    key order, give the same JSON."""
+    content = text if text is not None else f"{messages}\x00{tools}"
+    return int.from_bytes(hashlib.blake2b(content.encode(), digest_size=8).digest(), "little") >> 1
 
 
 class _SampleWriter:
@@ -379,46 +470,20 @@ class _BatchEncoder:
         if self._encoder is None:
             renderer = ChatRenderer(self.tokenizer, self.template) if self.template else None
             self._encoder = _Encoder(self.tokenizer, self.data, renderer)
-        samples = [_sample_of(*row) for row in zip(batch["where"], batch["messages"], batch["tools"], batch["text"])]
-        out: dict[str, list] = {name: [] for name in _encoded_features()}
-        for sample, item in zip(samples, self._encoder.encode_each(samples)):
-            out["where"].append(sample.where)
-            out["key"].append(_key_hash(sample))
-            if isinstance(item, str):
-                for name, empty in (("input_ids", []), ("labels", []), ("raw_length", 0), ("supervised", 0),
-                                    ("closed", -1), ("eot_id", -1), ("exact", True), ("prefix_rendered", False)):
-                    out[name].append(empty)
-                out["drop"].append(item)
-                continue
-            out["input_ids"].append(item.input_ids)
-            out["labels"].append(item.labels)
-            out["raw_length"].append(item.raw_length)
-            out["supervised"].append(item.supervised)
-            out["closed"].append(-1 if item.closed is None else int(item.closed))
-            out["eot_id"].append(-1 if item.eot_id is None else item.eot_id)
-            out["exact"].append(item.exact)
-            out["prefix_rendered"].append(item.prefix_rendered)
-            out["drop"].append("")
+        columns = (batch["where"], batch["messages"], batch["tools"], batch["text"])
+        encoded = self._encoder.encode_batch([_sample_of(*row) for row in zip(*columns)])
         # A table of the final types: the map writes it as is, where a dict of lists would be
-        # converted through datasets' type inference (twice the time for the token columns).
+        # converted through datasets' type inference; the token columns come straight from numpy.
         schema = _encoded_features().arrow_schema
-        return pa.Table.from_arrays([_int32_lists(out[name]) if name in ("input_ids", "labels") else
-                                     pa.array(out[name], type=schema.field(name).type) for name in schema.names],
-                                    schema=schema)
-
-
-def _int32_lists(rows: list[list[int]]):
-    """An Arrow list<int32> array of `rows`, through numpy: several times faster than pyarrow's
-    conversion of nested Python lists, the largest cost of the map after tokenising."""
-    import itertools
-
-    import numpy as np
-    import pyarrow as pa
-
-    offsets = np.zeros(len(rows) + 1, dtype=np.int32)
-    np.cumsum(np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)), out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+        facts = {name: getattr(encoded, name) for name in ("raw_length", "supervised", "closed", "eot_id", "exact",
+                                                            "prefix_rendered", "drop")}
+        facts["key"] = [_key_hash(*row) for row in zip(*columns[1:])]
+        facts["where"] = batch["where"]
+        arrays = {name: pa.array(values, type=schema.field(name).type) for name, values in facts.items()}
+        offsets = pa.array(encoded.offsets)
+        arrays["input_ids"] = pa.ListArray.from_arrays(offsets, pa.array(encoded.ids))
+        arrays["labels"] = pa.ListArray.from_arrays(offsets, pa.array(encoded.labels))
+        return pa.Table.from_arrays([arrays[name] for name in schema.names], schema=schema)
 
 
 def default_processes(rows: int) -> int:
@@ -518,9 +583,10 @@ def build_datasets(data: DataConfig, tokenizer, *, seed: int = 42, cache_dir: st
 PACK_CHUNK = 2000  # packed rows assembled per Arrow batch
 
 
-def pack_dataset(train, max_length: int, path: Path):
-    """The whole training set packed best-fit-decreasing into rows of at most max_length tokens
-    (input_ids, labels, position_ids), written to `path` in batches and memory-mapped back."""
+def pack_dataset(train, positions: list[int], max_length: int, path: Path):
+    """The rows of `train` at `positions` packed best-fit-decreasing into rows of at most
+    max_length tokens (input_ids, labels, position_ids), written to `path` in batches and
+    memory-mapped back."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from datasets import Dataset, Features, List, Value
@@ -528,9 +594,9 @@ def pack_dataset(train, max_length: int, path: Path):
 
     from engine.data.collate import pack_rows, plan_packs_bfd
 
-    table = train.with_format("arrow")[:]
-    lengths = pc.list_value_length(table["input_ids"]).to_pylist()
-    packs = plan_packs_bfd(lengths, max_length)
+    table = train.with_format("arrow")[:]  # memory-mapped, not copied: `train` has no indices mapping
+    lengths = pc.list_value_length(table["input_ids"]).take(pa.array(positions, type=pa.int64())).to_pylist()
+    packs = [[positions[i] for i in pack] for pack in plan_packs_bfd(lengths, max_length)]
     features = Features({name: List(Value("int32")) for name in ("input_ids", "labels", "position_ids")})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with ArrowWriter(features=features, path=str(tmp), writer_batch_size=PACK_CHUNK) as writer:
@@ -551,19 +617,34 @@ def pack_dataset(train, max_length: int, path: Path):
     return Dataset.from_file(str(path))
 
 
+def _rows(folder: Path, listing: dict | None):
+    """The map's files named in `listing`, as one dataset of input_ids and labels (every row the
+    map wrote, dropped ones included; `listing["rows"]` picks the kept ones)."""
+    from datasets import Dataset, concatenate_datasets
+
+    if listing is None:
+        return None
+    parts = [Dataset.from_file(str(folder / name)) for name in listing["files"]]
+    return (parts[0] if len(parts) == 1 else concatenate_datasets(parts)).select_columns(["input_ids", "labels"])
+
+
 def _load(folder: Path, data: DataConfig) -> DataBundle:
     from datasets import Dataset
 
     saved = json.loads((folder / "report.json").read_text())
     report = DataReport.from_dict(saved["report"])
     report.packing = data.packing  # not part of the key: it acts in the collator
-    rows = Dataset.from_file(str(folder / "train.arrow"))
+    listing = json.loads((folder / ROWS_FILE).read_text())
+    rows = _rows(folder, listing["train"])
     if data.packing and data.packing_strategy == "dataset":
         packed = folder / "train-packed.arrow"  # max_length is in the key: one packing per entry
-        train = Dataset.from_file(str(packed)) if packed.exists() else pack_dataset(rows, data.max_length, packed)
+        train = (Dataset.from_file(str(packed)) if packed.exists()
+                 else pack_dataset(rows, sorted(listing["train"]["rows"]), data.max_length, packed))
     else:
-        train = rows.select(json.loads((folder / "train-order.json").read_text()))
-    evaluation = Dataset.from_file(str(folder / "eval.arrow")) if (folder / "eval.arrow").exists() else None
+        train = rows.select(listing["train"]["rows"])
+    evaluation = _rows(folder, listing["eval"])
+    if evaluation is not None:
+        evaluation = evaluation.select(listing["eval"]["rows"])
     examples = [Example(**e) for e in saved["eval_examples"]]
     return DataBundle(train, evaluation, examples, report, saved["chat_template"])
 
@@ -623,7 +704,7 @@ def _stream_rows(data: DataConfig, tokenizer, template: str | None):
 
 def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int | None,
              progress: Progress | None, *, sample_rows: int | None = None) -> dict:
-    """The whole pass, written to `build`: train.arrow, eval.arrow and report.json; the row counts.
+    """The whole pass, written to `build`: the map's files, rows.json and report.json; the row counts.
     `sample_rows`: read only that many leading training samples (the report then says so)."""
     report = DataReport(files=list(data.train_files), val_files=list(data.val_files), max_length=data.max_length,
                         packing=data.packing, assistant_only_loss=data.assistant_only_loss,
@@ -702,12 +783,12 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
     report.padding_efficiency = batch_efficiency(lengths, batch_size=REPORT_BATCH_SIZE, max_length=data.max_length, packing=False)
     report.packing_efficiency = batch_efficiency(lengths, batch_size=REPORT_BATCH_SIZE, max_length=data.max_length, packing=True)
 
-    # The rows go to disk in file order; the seed's order is kept beside them as an index mapping.
-    _write_rows(encoded, kept, build / "train.arrow")
-    (build / "train-order.json").write_text(json.dumps(order))
+    # The map's files are the rows: the kept ones, in the seed's order, are an index mapping over
+    # them (no second pass over the tokens).
+    listing = {"train": {"files": _file_names(encoded, build), "rows": train_rows}, "eval": None}
     examples: list[Example] = []
     if val_encoded is not None:
-        _write_rows(val_encoded, val_kept, build / "eval.arrow")
+        listing["eval"] = {"files": _file_names(val_encoded, build), "rows": val_kept}
         if template:
             renderer = ChatRenderer(tokenizer, template)
             for row in val_samples.select(val_kept):
@@ -718,8 +799,7 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
                         examples.append(example)
     saved = {"report": report.to_dict(), "eval_examples": [asdict(e) for e in examples], "chat_template": template}
     (build / "report.json").write_text(json.dumps(saved, ensure_ascii=False))
-    for leftover in build.glob("*-encoded-*.arrow"):  # the rows live on in train.arrow / eval.arrow
-        leftover.unlink()
+    (build / ROWS_FILE).write_text(json.dumps(listing))
     for leftover in build.glob("*samples.arrow"):
         leftover.unlink()
     return {"rows": len(train_rows), "eval_rows": len(val_kept)}
@@ -737,43 +817,13 @@ def _columns(encoded) -> dict[str, list]:
     return {name: table[name].to_pylist() for name in ("raw_length", "supervised", "closed", "eot_id", "exact", "prefix_rendered", "drop", "key")}
 
 
-_MAX_SLICES = 8  # runs of kept rows written as slices of one batch of the map's output
-
-
-def _write_rows(encoded, rows: list[int], path: Path) -> None:
-    """input_ids and labels of `rows` (ascending positions) as one Arrow file. The map's files are
-    read batch by batch with plain reads, not memory-mapped: a pass over every token must not leave
-    the whole set resident in this process."""
-    import numpy as np
-    import pyarrow as pa
-
-    keep = np.zeros(len(encoded), dtype=bool)
-    keep[rows] = True
-    offset = 0
-    with pa.OSFile(str(path), "wb") as sink:
-        writer = None
-        for cache_file in encoded.cache_files:  # in row order: the map's shards, block by block
-            with pa.OSFile(cache_file["filename"], "rb") as source:
-                for batch in pa.ipc.open_stream(source):
-                    mask = keep[offset : offset + batch.num_rows]
-                    offset += batch.num_rows
-                    table = pa.Table.from_batches([batch]).select(["input_ids", "labels"])
-                    if writer is None:
-                        writer = pa.ipc.new_stream(sink, table.schema)
-                    # The kept runs as zero-copy slices (a filter copies the token columns); many
-                    # gaps: one filtered copy rather than many small batches.
-                    edges = np.flatnonzero(np.diff(np.concatenate(([False], mask, [False])).astype(np.int8)))
-                    if len(edges) > 2 * _MAX_SLICES:
-                        writer.write_table(table.filter(pa.array(mask)))
-                        continue
-                    for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist()):
-                        writer.write_table(table.slice(start, stop - start))
-        if writer is None:  # no row at all: an empty file with the schema
-            schema = encoded.features.arrow_schema
-            writer = pa.ipc.new_stream(sink, pa.schema([schema.field("input_ids"), schema.field("labels")]))
-        writer.close()
-    if offset != len(encoded):
-        raise RuntimeError(f"{path.name}: read {offset} rows of {len(encoded)} from the map's files")
+def _file_names(encoded, build: Path) -> list[str]:
+    """The map's Arrow files behind `encoded`, in row order, relative to the build folder (which is
+    renamed into the cache when complete)."""
+    names = [Path(f["filename"]).name for f in encoded.cache_files]
+    if not names or any(not (build / name).is_file() for name in names):
+        raise RuntimeError(f"the map's output is not in {build}: {encoded.cache_files}")
+    return names
 
 
 def _fill_stats(report: DataReport, tokenizer, encoded, columns: dict, kept: list[int], val_columns: dict | None,

@@ -1,6 +1,7 @@
 """The prepared-data cache: tokenised datasets as Arrow files, keyed by everything that changes them.
 
-    <cache>/<key>/train.arrow, eval.arrow   the rows (input_ids, labels), memory-mapped when loaded
+    <cache>/<key>/*-encoded-*.arrow         the map's output: tokens, labels and per-row facts, memory-mapped
+    <cache>/<key>/rows.json                 which of those files and rows are the training / validation rows
     <cache>/<key>/report.json               the DataReport, eval examples and chat template of the pass
     <cache>/<key>/meta.json                 what the key covers, in words (`tunebench cache ls`)
     <cache>/<key>/last_used                 touched on every hit
@@ -27,7 +28,7 @@ from pathlib import Path
 from presets.schema import DataConfig
 
 # Raise when a change to the pipeline changes the rows or the report it writes: old entries then miss.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: the map's files are the rows (rows.json), no copy of them
 FINGERPRINTS = "fingerprints.json"
 # data.* keys that do not change the prepared rows (they act later, or are set on the loaded report).
 _NOT_IN_KEY = {"packing", "streaming"}

@@ -289,7 +289,7 @@ class ChatRenderer:
         # drops the <think> block of earlier turns). Render the turn as history instead: followed by
         # the next message with a sentinel for its text. The rendering matches `full` up to the
         # sentinel; the next turn's header that this leaves in the span lies after the end-of-turn
-        # token and carries no label (see assemble).
+        # token and carries no label (see answer_span).
         probed = messages[: index + 1] + [{"role": messages[index + 1]["role"], "content": _SENTINEL}]
         try:
             rendered = self._render_plain(probed, tools, False)
@@ -300,26 +300,15 @@ class ChatRenderer:
             return reach, True
         return end, False
 
-    def assemble(self, parts: list[tuple[str, bool]], token_lists: list[list[int]]) -> tuple[list[int], list[int], bool, int | None]:
-        """input_ids, labels, whether an end-of-turn token closed every answer, and that token's id."""
-        ids: list[int] = []
-        labels: list[int] = []
-        closed, eot_id = True, None
-        for (_, is_answer), tokens in zip(parts, token_lists):
-            ids.extend(tokens)
-            if not is_answer:
-                labels.extend([IGNORE_INDEX] * len(tokens))
-                continue
-            # From the end: the closing token is the answer's last or nearly so.
-            last_eot = next((i for i in range(len(tokens) - 1, -1, -1) if tokens[i] in self.eot_ids), -1)
-            if last_eot >= 0:
-                eot_id = tokens[last_eot] if eot_id is None else eot_id
-            else:
-                closed = False
-            supervised = last_eot + 1 if last_eot >= 0 else len(tokens)
-            labels.extend(tokens[:supervised])
-            labels.extend([IGNORE_INDEX] * (len(tokens) - supervised))
-        return ids, labels, closed, eot_id
+    def answer_span(self, tokens: list[int]) -> tuple[int, int | None]:
+        """How many leading tokens of an answer's piece train (through its last end-of-turn token:
+        what follows, such as the next turn's header, carries no label), and that token's id (None:
+        no end-of-turn token closes the answer, all of it trains)."""
+        eot_ids = self.eot_ids
+        for i in range(len(tokens) - 1, -1, -1):  # from the end: the closing token is the last or nearly so
+            if tokens[i] in eot_ids:
+                return i + 1, tokens[i]
+        return len(tokens), None
 
 
 def _prefix_end(full: str, prefix: str) -> tuple[int, bool]:

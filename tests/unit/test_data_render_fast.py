@@ -109,17 +109,36 @@ def test_prepared_rows_are_identical_with_and_without_slot_layouts(tokenizer, sh
         assert {**fast.report.to_dict(), "prefix_rendered": 0} == {**exact.report.to_dict(), "prefix_rendered": 0}
 
 
-def test_token_columns_convert_to_arrow_as_pyarrow_does():
-    import pyarrow as pa
+def test_a_mixed_batch_gives_each_row_what_it_gets_alone(tokenizer):
+    """The batch is assembled in flat arrays (offsets, one gather for truncation and drops): every
+    row must come out as it does in a batch of its own, where no other row shifts it."""
+    from engine.data.build import _Encoder
+    from engine.data.formats import Sample
 
-    from engine.data.build import _int32_lists
+    long = " ".join(["word"] * 120)
+    samples = [
+        Sample("a:1", messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]),
+        Sample("a:2", text="a plain document to continue"),
+        Sample("a:3", messages=[{"role": "user", "content": long}, {"role": "assistant", "content": "cut off"}]),
+        Sample("a:4", messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": long}]),
+        Sample("a:5", messages=[{"role": "user", "content": "only a question"}]),
+        Sample("a:6", text=long),
+        Sample("a:7", messages=[{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+                                {"role": "user", "content": "u2"}, {"role": "assistant", "content": "b"}]),
+    ]
+    for assistant_only_loss in (True, False):
+        data = DataConfig(train_files=["x.json"], max_length=48, assistant_only_loss=assistant_only_loss)
+        encoder = _Encoder(tokenizer, data, ChatRenderer(tokenizer, CHATML))
+        together = encoder.encode_each(samples)
+        alone = [encoder.encode_each([sample])[0] for sample in samples]
+        assert together == alone
+        kinds = [item if isinstance(item, str) else len(item.input_ids) for item in together]
+        assert kinds[2] == "no supervised token left after truncation to max_length" or not assistant_only_loss
+        assert kinds[3] == kinds[5] == 48  # truncated, kept
+        assert isinstance(kinds[4], str) or not assistant_only_loss  # no answer: nothing trains
 
-    rows = [[5, 2, 7], [], [-100, -100, 3], [2**31 - 1]]
-    assert _int32_lists(rows).equals(pa.array(rows, type=pa.list_(pa.int32())))
-    assert _int32_lists([]).equals(pa.array([], type=pa.list_(pa.int32())))
 
-
-@pytest.mark.parametrize("gaps", [(1, 3), tuple(range(1, 40, 2))], ids=["slices", "filter"])
+@pytest.mark.parametrize("gaps", [(1, 3), tuple(range(1, 40, 2))], ids=["few", "many"])
 def test_rows_dropped_in_the_map_leave_the_others_in_order(tokenizer, tmp_path, gaps):
     import json
 
