@@ -12,8 +12,10 @@ tokens a conversation, with a long tail), then measures, with the tiny tokenizer
 - prep_rss_growth_mb_10k / _100k: peak resident memory of the preparing process over its
   post-import baseline (each size in a fresh child process; map workers not counted);
 - cache_hit_ratio: the second preparation of the same data (a cache hit) over the first;
-- packing_useful_tokens_per_s_gain: real training steps (tiny model, AdamW, batch 8) on alpaca-shaped
-  rows, whole-dataset packing over right padding, in useful (non-padding) tokens per second.
+- packing_*: real training steps (tiny model, AdamW, batch 8, max_length 512) on the shared alpaca
+  and sharegpt (tool-call) samples, per-batch and whole-dataset packing over right padding, in useful
+  (non-padding) tokens per second; packing_useful_tokens_per_s_gain is whole-dataset packing on
+  alpaca.
 
 Run: nice python bench/data_scale.py [--rows 100000] [--steps 30]
 The last lines are the headline figures, `name = value unit`.
@@ -35,7 +37,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-ALPACA = REPO.parent / "shared" / "datasets" / "alpaca_en_sample.json"
+SHARED = REPO.parent / "shared" / "datasets"
+PACKING_FILES = ("alpaca_en_sample.json", "sharegpt_toolcall_sample.json")
 MAX_LENGTH = 2048
 WORDS = ("the model data train answer question system user value token layer weight learning rate batch "
          "gradient python function return list example because however therefore result number string "
@@ -122,27 +125,40 @@ def plain_map(tokenizer, path: Path, num_proc: int) -> float:
         return time.perf_counter() - started
 
 
-def packing_gain(model_dir: Path, steps: int, batch_size: int = 8, max_length: int = 512) -> tuple[float, float, float]:
-    """Useful tokens/s of real training steps: whole-dataset packing over right padding."""
+LAYOUTS = {"padding": dict(packing=False), "batch packing": dict(packing=True, packing_strategy="batch"),
+           "dataset packing": dict(packing=True, packing_strategy="dataset")}
+
+
+def _shared_or_made(name: str) -> Path:
+    """A shared sample, or rows of its shape made by code when the shared folder is absent."""
+    path = SHARED / name
+    if path.is_file():
+        return path
+    rng = random.Random(1)
+    path = Path(tempfile.mkdtemp()) / name
+    if name.startswith("alpaca"):
+        rows = [{"instruction": _text(rng, 20), "input": "", "output": _text(rng, 120)} for _ in range(300)]
+    else:
+        rows = list(openhermes_rows(100, seed=1))
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def packing_rates(model_dir: Path, source: Path, steps: int, batch_size: int = 8, max_length: int = 512) -> dict[str, float]:
+    """Useful (non-padding) tokens per second of real training steps, per layout of the rows."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.data import build_datasets, make_collator
     from presets.schema import DataConfig
 
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    source = ALPACA if ALPACA.is_file() else None
-    if source is None:  # alpaca-shaped rows by code when the shared sample is absent
-        tmp = Path(tempfile.mkdtemp()) / "alpaca.json"
-        rng = random.Random(1)
-        tmp.write_text(json.dumps([{"instruction": _text(rng, 20), "input": "", "output": _text(rng, 120)} for _ in range(400)]))
-        source = tmp
     rates = {}
-    for packing in (False, True):
-        data = DataConfig(train_files=[str(source)], max_length=max_length, packing=packing)
+    for layout, settings in LAYOUTS.items():
+        torch.manual_seed(0)
+        data = DataConfig(train_files=[str(source)], max_length=max_length, **settings)
         rows = list(build_datasets(data, tokenizer).train)
-        collate = make_collator(tokenizer, packing=packing, max_length=max_length)
+        collate = make_collator(tokenizer, packing=data.packing, max_length=max_length)
         model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation="sdpa", dtype=torch.float32)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -157,12 +173,12 @@ def packing_gain(model_dir: Path, steps: int, batch_size: int = 8, max_length: i
             optimizer.zero_grad()
             if step >= 2:  # two warm-up steps
                 seconds += time.perf_counter() - started
-                if packing:
-                    useful += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
-                else:
+                if "attention_mask" in batch:
                     useful += int(batch["attention_mask"].sum())
-        rates[packing] = useful / seconds
-    return rates[True] / rates[False], rates[False], rates[True]
+                else:
+                    useful += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
+        rates[layout] = useful / seconds
+    return rates
 
 
 def main() -> int:
@@ -211,16 +227,22 @@ def main() -> int:
         plain_s = plain_map(tokenizer, large, procs)
         print(f"  plain datasets.map (render once, tokenise, no mask, no report): {plain_s:.1f} s")
 
-        gain, padded_rate, packed_rate = packing_gain(model_dir, args.steps)
-        print(f"  training at batch 8 on alpaca rows: padded {padded_rate:,.0f} useful tokens/s, "
-              f"whole-dataset packing {packed_rate:,.0f} useful tokens/s")
+        gains = {}
+        for name in PACKING_FILES:
+            rates = packing_rates(model_dir, _shared_or_made(name), args.steps)
+            gains[name] = {layout: rate / rates["padding"] for layout, rate in rates.items()}
+            print(f"  training at batch 8 on {name}: " + ", ".join(
+                f"{layout} {rate:,.0f} useful tokens/s ({gains[name][layout]:.2f} x)" for layout, rate in rates.items()))
 
     print(f"prep_rows_per_s = {args.rows / first_s:.0f} rows/s")
     print(f"prep_vs_datasets_map = {plain_s / first_s:.2f} x")
     print(f"prep_rss_growth_mb_10k = {rss_small['growth_mb']:.0f} MB")
     print(f"prep_rss_growth_mb_100k = {rss_large['growth_mb']:.0f} MB")
     print(f"cache_hit_ratio = {second_s / first_s:.3f} x")
-    print(f"packing_useful_tokens_per_s_gain = {gain:.2f} x")
+    print(f"packing_batch_gain_sharegpt = {gains[PACKING_FILES[1]]['batch packing']:.2f} x")
+    print(f"packing_dataset_gain_sharegpt = {gains[PACKING_FILES[1]]['dataset packing']:.2f} x")
+    print(f"packing_batch_gain_alpaca = {gains[PACKING_FILES[0]]['batch packing']:.2f} x")
+    print(f"packing_useful_tokens_per_s_gain = {gains[PACKING_FILES[0]]['dataset packing']:.2f} x")
     return 0
 
 

@@ -248,8 +248,8 @@ class _Encoder:
         # Each piece is a run of trained tokens, then a run of untrained ones.
         runs = np.column_stack((trained_counts, lengths - trained_counts)).ravel()
         mask = np.repeat(np.tile(np.array([True, False]), len(pieces)), runs)
-        piece_ends = np.concatenate(([0], np.cumsum(lengths)))
-        row_starts = piece_ends[np.concatenate(([0], np.cumsum(row_pieces)))]
+        first_piece = np.concatenate(([0], np.cumsum(row_pieces)))  # of each row, and the end
+        row_starts = np.concatenate(([0], np.cumsum(lengths)))[first_piece]
         raw_length = np.diff(row_starts)
 
         limit = self.data.max_length
@@ -257,8 +257,7 @@ class _Encoder:
         starts = row_starts[:-1]
         # Trained tokens per row from the pieces' counts; the first label is never predicted (nothing
         # comes before it), so it does not count. Truncated rows count what is left of them.
-        trained_by_piece = np.concatenate(([0], np.cumsum(trained_counts)))
-        supervised = np.diff(trained_by_piece[np.concatenate(([0], np.cumsum(row_pieces)))])
+        supervised = np.diff(np.concatenate(([0], np.cumsum(trained_counts)))[first_piece])
         nonempty = np.flatnonzero(raw_length > 0)
         supervised[nonempty] -= mask[starts[nonempty]]
         for i in np.flatnonzero(raw_length > limit).tolist():
@@ -640,11 +639,11 @@ def _load(folder: Path, data: DataConfig) -> DataBundle:
         packed = folder / "train-packed.arrow"  # max_length is in the key: one packing per entry
         train = (Dataset.from_file(str(packed)) if packed.exists()
                  else pack_dataset(rows, sorted(listing["train"]["rows"]), data.max_length, packed))
-    else:
-        train = rows.select(listing["train"]["rows"])
+    else:  # a fingerprint of our own: datasets would hash the whole list of positions (seconds at 700k rows)
+        train = rows.select(listing["train"]["rows"], new_fingerprint=f"{folder.name}-train")
     evaluation = _rows(folder, listing["eval"])
     if evaluation is not None:
-        evaluation = evaluation.select(listing["eval"]["rows"])
+        evaluation = evaluation.select(listing["eval"]["rows"], new_fingerprint=f"{folder.name}-eval")
     examples = [Example(**e) for e in saved["eval_examples"]]
     return DataBundle(train, evaluation, examples, report, saved["chat_template"])
 
@@ -731,7 +730,8 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
         train_samples = samples
     elif data.val_ratio > 0:
         train_index, val_index = _split_indices(len(samples), data.val_ratio, data.shuffle_seed, data.train_files)
-        train_samples, val_samples = samples.select(train_index), samples.select(val_index)
+        train_samples = samples.select(train_index, new_fingerprint=f"{build.name}-train-split")
+        val_samples = samples.select(val_index, new_fingerprint=f"{build.name}-val-split")
     else:
         train_samples, val_samples = samples, None
     if data.max_samples is not None and len(train_samples) > data.max_samples:
@@ -791,7 +791,7 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
         listing["eval"] = {"files": _file_names(val_encoded, build), "rows": val_kept}
         if template:
             renderer = ChatRenderer(tokenizer, template)
-            for row in val_samples.select(val_kept):
+            for row in val_samples.select(val_kept, new_fingerprint=f"{build.name}-val-kept"):
                 sample = _sample_of(row["where"], row["messages"], row["tools"], row["text"])
                 if sample.text is None:
                     example = _eval_example(renderer, sample)
