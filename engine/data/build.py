@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 from engine.data.collate import batch_efficiency
 from engine.data.formats import Sample, detect_format, normalize
-from engine.data.loading import iter_source
+from engine.data.loading import LOCAL_SUFFIXES, JsonlChunk, iter_source, jsonl_chunks, read_jsonl_chunk
 from engine.data.render import IGNORE_INDEX, ChatRenderer, _call_text, template_for, tokenize_many
 from engine.data.report import DataReport, LengthStats, RenderedExample, histogram
 from engine.errors import DataError
@@ -135,6 +135,79 @@ def _read(files: list[str], data: DataConfig) -> _Split:
     split = _read_each(files, data, samples.extend)
     split.samples = samples
     return split
+
+
+def _read_samples(files: list[str], data: DataConfig, folder: Path, name: str, *, processes: int,
+                  limit: int | None = None) -> tuple["Dataset", _Split]:
+    """Every source's normalised samples as one Arrow dataset, written under `folder` as they are
+    read, and the split's counts and formats. A large JSON-lines file is read and normalised by
+    `processes` processes, chunk by chunk: the chunks the streaming reader hands over, so the
+    samples, the counts and the first bad line are those of a read in one process."""
+    from datasets import concatenate_datasets
+
+    plans = [_parallel_chunks(spec) if limit is None and processes > 1 else None for spec in files]
+    if not any(plans):
+        writer = _SampleWriter(folder / f"{name}.arrow")
+        split = _read_each(files, data, writer, limit=limit)
+        return writer.close(), split
+    split = _Split()
+    parts = []
+    for index, (spec, chunks) in enumerate(zip(files, plans)):
+        if chunks is None:
+            writer = _SampleWriter(folder / f"{name}-{index}.arrow")
+            read = _read_each([spec], data, writer)
+            split.rows += read.rows
+            split.formats.update(read.formats)
+            for reason, n in read.dropped.items():
+                _count(split.dropped, reason, n)
+            parts.append(writer.close())
+        else:
+            parts.extend(_read_in_parallel(Path(spec).expanduser(), chunks, data, split, folder / f"{name}-{index}", processes))
+    return (parts[0] if len(parts) == 1 else concatenate_datasets(parts)), split
+
+
+PARALLEL_READ_BYTES = 64 * 2**20  # a JSON-lines file this large is read by several processes
+
+
+def _parallel_chunks(spec: str) -> list[JsonlChunk] | None:
+    """The chunks of a local JSON-lines file worth reading in parallel; None for anything else."""
+    path = Path(spec).expanduser()
+    if not (path.is_file() and LOCAL_SUFFIXES.get(path.suffix.lower()) == "jsonl"
+            and path.stat().st_size >= PARALLEL_READ_BYTES):
+        return None
+    chunks = jsonl_chunks(path)
+    return chunks if len(chunks) > 1 else None
+
+
+def _read_in_parallel(path: Path, chunks: list[JsonlChunk], data: DataConfig, split: _Split, stem: Path,
+                      processes: int) -> list["Dataset"]:
+    import multiprocessing
+
+    from datasets import Dataset
+
+    head = read_jsonl_chunk(path, chunks[0])  # the format from the first chunk, as a streaming read decides it
+    fmt, how = detect_format(head, data)
+    split.formats[head.source] = (fmt, how)
+    del head
+    outputs = [stem.with_name(f"{stem.name}-{k}.arrow") for k in range(len(chunks))]
+    jobs = [(path, chunk, fmt, data, out) for chunk, out in zip(chunks, outputs)]
+    with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
+        for rows, skipped in pool.imap(_read_chunk, jobs):  # in file order: the first bad chunk raises first
+            split.rows += rows
+            for reason, n in skipped.items():
+                _count(split.dropped, reason, n)
+    return [Dataset.from_file(str(out)) for out in outputs]
+
+
+def _read_chunk(job) -> tuple[int, dict[str, int]]:
+    """In a pool worker: one chunk read, normalised and written to its own samples file."""
+    path, chunk, fmt, data, out = job
+    raw = read_jsonl_chunk(path, chunk)
+    samples, skipped = normalize(raw, fmt, data, first_row=chunk.first_row)
+    writer = _SampleWriter(out)
+    writer(samples)
+    writer.finish()
+    return len(raw.rows), skipped
 
 
 def _refuse_empty(files: list[str], split: _Split, what: str) -> None:
@@ -444,11 +517,14 @@ class _SampleWriter:
             self.writer.write_batch({name: [r[name] for r in rows] for name in ("where", "messages", "tools", "text")})
         self.count += len(samples)
 
+    def finish(self) -> None:
+        self.writer.finalize()
+        self.writer.close()
+
     def close(self):
         from datasets import Dataset
 
-        self.writer.finalize()
-        self.writer.close()
+        self.finish()
         return Dataset.from_file(str(self.path))
 
 
@@ -708,9 +784,9 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
     report = DataReport(files=list(data.train_files), val_files=list(data.val_files), max_length=data.max_length,
                         packing=data.packing, assistant_only_loss=data.assistant_only_loss,
                         efficiency_batch_size=REPORT_BATCH_SIZE)
-    writer = _SampleWriter(build / "samples.arrow")
-    train_split = _read_each(data.train_files, data, writer, limit=sample_rows)
-    samples = writer.close()
+    read_processes = num_proc if num_proc is not None else min(os.cpu_count() or 1, MAX_PROCESSES)
+    samples, train_split = _read_samples(data.train_files, data, build, "samples", processes=read_processes,
+                                         limit=sample_rows)
     report.rows_read = train_split.rows
     if sample_rows is not None:
         report.sampled = len(samples)
@@ -720,9 +796,7 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
         _refuse_empty(data.train_files, train_split, "training")
 
     if data.val_files:
-        val_writer = _SampleWriter(build / "val-samples.arrow")
-        val_split = _read_each(data.val_files, data, val_writer)
-        val_samples = val_writer.close()
+        val_samples, val_split = _read_samples(data.val_files, data, build, "val-samples", processes=read_processes)
         report.val_rows_read = val_split.rows
         report.val_dropped = dict(val_split.dropped)
         if not len(val_samples):
@@ -800,7 +874,7 @@ def _prepare(data: DataConfig, tokenizer, seed: int, build: Path, num_proc: int 
     saved = {"report": report.to_dict(), "eval_examples": [asdict(e) for e in examples], "chat_template": template}
     (build / "report.json").write_text(json.dumps(saved, ensure_ascii=False))
     (build / ROWS_FILE).write_text(json.dumps(listing))
-    for leftover in build.glob("*samples.arrow"):
+    for leftover in build.glob("*samples*.arrow"):
         leftover.unlink()
     return {"rows": len(train_rows), "eval_rows": len(val_kept)}
 

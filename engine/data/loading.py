@@ -10,6 +10,7 @@ go through `datasets`.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -160,20 +161,69 @@ def _starts_with_bracket(path: Path) -> bool:
         stream.close()
 
 
-def _jsonl_rows(path: Path):
-    """(row, "file:line") for each line of a JSON-lines file, read line by line."""
+def _jsonl_lines(path: Path, start: int = 0, stop: int | None = None, first_line: int = 1):
+    """(line number, bytes, byte offset after it) of each line of a JSON-lines file that holds a
+    row, from byte `start` (a line's start, numbered `first_line`) to `stop`. Blank lines hold
+    none; a byte-order mark before the first line is dropped."""
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
-                    f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}",
-                ) from None
-            if line.strip():
-                parsed, _ = _parse_jsonl(line, path, first_line=number)
-                yield parsed[0], f"{path}:{number}"
+        handle.seek(start)
+        offset = start
+        for number, raw in enumerate(handle, start=first_line):
+            if stop is not None and offset >= stop:
+                return
+            offset += len(raw)
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            if not raw.isspace():
+                yield number, raw, offset
+
+
+def _jsonl_rows(path: Path, start: int = 0, stop: int | None = None, first_line: int = 1):
+    """(row, "file:line") for each line of a JSON-lines file (or of its byte range), line by line."""
+    for number, raw, _ in _jsonl_lines(path, start, stop, first_line):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{number}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                f"re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}",
+            ) from None
+        yield _json_object(line, path, number), f"{path}:{number}"
+
+
+@dataclass(frozen=True)
+class JsonlChunk:
+    """Where one chunk of a JSON-lines file lies: the rows read_jsonl_chunk gives are those the
+    streaming reader (iter_source) hands over as that chunk."""
+
+    start: int  # byte offset of its first line
+    stop: int  # byte offset after its last line
+    first_line: int
+    first_row: int  # the number of its first row in the file (blank lines hold none)
+
+
+def jsonl_chunks(path: Path, chunk_rows: int | None = None) -> list[JsonlChunk]:
+    """The chunks of a JSON-lines file, found by one pass over its lines without parsing them, so
+    that several processes can read and normalise the chunks apart."""
+    chunk_rows = chunk_rows or STREAM_ROWS
+    chunks: list[JsonlChunk] = []
+    start, first_line, first_row, rows = 0, 1, 1, 0
+    for number, _, offset in _jsonl_lines(path):
+        rows += 1
+        if rows == chunk_rows:
+            chunks.append(JsonlChunk(start, offset, first_line, first_row))
+            start, first_line, first_row, rows = offset, number + 1, first_row + rows, 0
+    if rows:
+        chunks.append(JsonlChunk(start, path.stat().st_size, first_line, first_row))
+    return chunks
+
+
+def read_jsonl_chunk(path: Path, chunk: JsonlChunk) -> RawRows:
+    rows, where = [], []
+    for row, place in _jsonl_rows(path, chunk.start, chunk.stop, chunk.first_line):
+        rows.append(row)
+        where.append(place)
+    return RawRows(str(path), rows, where)
 
 
 def read_file(path: Path) -> RawRows:
@@ -216,24 +266,29 @@ def _line_of(text: str, pos: int) -> int:
 
 def _parse_jsonl(text: str, path: Path, first_line: int = 1) -> tuple[list[dict], list[int]]:
     rows, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=first_line):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})",
-                "fix that line: each line must hold one complete JSON object",
-            ) from None
-        if not isinstance(row, dict):
-            raise DataError(
-                f"{path}:{number}: expected a JSON object, got {type(row).__name__}",
-                "each line must be one object such as {\"instruction\": …, \"output\": …}",
-            )
-        rows.append(row)
-        lines.append(number)
+    # Split on newlines only: str.splitlines would also cut at U+2028 and other separators that
+    # JSON strings may hold as they are.
+    for number, line in enumerate(text.split("\n"), start=first_line):
+        if line.strip():
+            rows.append(_json_object(line, path, number))
+            lines.append(number)
     return rows, lines
+
+
+def _json_object(line: str, path: Path, number: int) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})",
+            "fix that line: each line must hold one complete JSON object",
+        ) from None
+    if not isinstance(row, dict):
+        raise DataError(
+            f"{path}:{number}: expected a JSON object, got {type(row).__name__}",
+            "each line must be one object such as {\"instruction\": …, \"output\": …}",
+        )
+    return row
 
 
 def _parse_json_not_array(text: str, path: Path) -> tuple[list[dict], list[int]]:
