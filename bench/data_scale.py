@@ -10,7 +10,8 @@ tokens a conversation, with a long tail), then measures, with the tiny tokenizer
 - prep_vs_datasets_map: a plain batched `datasets.map` over the same rows (render each conversation
   once with the same template, tokenise; no mask, no report), same processes: its time over ours;
 - prep_rss_growth_mb_10k / _100k: peak resident memory of the preparing process over its
-  post-import baseline (each size in a fresh child process; map workers not counted);
+  post-import baseline (each size in a fresh child process; the read and map workers, which hold one
+  chunk or one batch each, not counted);
 - cache_hit_ratio: the second preparation of the same data (a cache hit) over the first;
 - packing_*: real training steps (tiny model, AdamW, batch 8; max_length 512 for alpaca, 2048 for
   the longer tool-call conversations) on the shared alpaca and sharegpt (tool-call) samples, per-batch and whole-dataset packing over right padding, in useful

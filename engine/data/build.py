@@ -182,6 +182,7 @@ def _parallel_chunks(spec: str) -> list[JsonlChunk] | None:
 def _read_in_parallel(path: Path, chunks: list[JsonlChunk], data: DataConfig, split: _Split, stem: Path,
                       processes: int) -> list["Dataset"]:
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
     from datasets import Dataset
 
@@ -191,11 +192,15 @@ def _read_in_parallel(path: Path, chunks: list[JsonlChunk], data: DataConfig, sp
     del head
     outputs = [stem.with_name(f"{stem.name}-{k}.arrow") for k in range(len(chunks))]
     jobs = [(path, chunk, fmt, data, out) for chunk, out in zip(chunks, outputs)]
-    with multiprocessing.get_context("fork").Pool(min(processes, len(chunks))) as pool:
-        for rows, skipped in pool.imap(_read_chunk, jobs):  # in file order: the first bad chunk raises first
+    # An executor rather than a Pool: a worker killed (out of memory) raises here instead of hanging.
+    pool = ProcessPoolExecutor(min(processes, len(chunks)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        for rows, skipped in pool.map(_read_chunk, jobs):  # in file order: the first bad chunk raises first
             split.rows += rows
             for reason, n in skipped.items():
                 _count(split.dropped, reason, n)
+    finally:
+        pool.shutdown(cancel_futures=True)  # after an error, the chunks not started are not read
     return [Dataset.from_file(str(out)) for out in outputs]
 
 

@@ -264,11 +264,11 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
-def _parse_jsonl(text: str, path: Path, first_line: int = 1) -> tuple[list[dict], list[int]]:
+def _parse_jsonl(text: str, path: Path) -> tuple[list[dict], list[int]]:
     rows, lines = [], []
     # Split on newlines only: str.splitlines would also cut at U+2028 and other separators that
     # JSON strings may hold as they are.
-    for number, line in enumerate(text.split("\n"), start=first_line):
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             rows.append(_json_object(line, path, number))
             lines.append(number)
