@@ -44,6 +44,7 @@ MAP_BATCH = 1000  # samples per call of the batched map
 MAX_PROCESSES = 8  # map processes at most (tokenisation saturates memory bandwidth beyond this)
 PARALLEL_MIN_ROWS = 4000  # below this one process is faster than starting a pool
 PROGRESS_STEPS = 50  # the map runs in about this many blocks when progress is reported
+PARALLEL_READ_BYTES = 64 * 2**20  # a JSON-lines file this large is read by several processes
 ROWS_FILE = "rows.json"  # an entry's map files and the positions of the kept rows in them
 
 # progress(stage, done, total): stage is "tokenising"; done and total count samples.
@@ -90,6 +91,12 @@ class _Split:
     rows: int = 0
     formats: dict[str, tuple[str, str]] = field(default_factory=dict)  # source → (format, how)
 
+    def add(self, rows: int, dropped: dict[str, int]) -> None:
+        """Count rows read and the ones normalisation dropped, by reason."""
+        self.rows += rows
+        for reason, n in dropped.items():
+            _count(self.dropped, reason, n)
+
 
 def _count(counter: dict[str, int], reason: str, n: int = 1) -> None:
     counter[reason] = counter.get(reason, 0) + n
@@ -107,10 +114,8 @@ def _iter_samples(files: list[str], data: DataConfig, split: _Split):
                 split.formats[raw.source] = (fmt, how)
             samples, skipped = normalize(raw, fmt, data, first_row=first_row)
             first_row += len(raw.rows)
-            split.rows += len(raw.rows)
+            split.add(len(raw.rows), skipped)
             del raw
-            for reason, n in skipped.items():
-                _count(split.dropped, reason, n)
             yield samples
 
 
@@ -156,17 +161,12 @@ def _read_samples(files: list[str], data: DataConfig, folder: Path, name: str, *
         if chunks is None:
             writer = _SampleWriter(folder / f"{name}-{index}.arrow")
             read = _read_each([spec], data, writer)
-            split.rows += read.rows
+            split.add(read.rows, read.dropped)
             split.formats.update(read.formats)
-            for reason, n in read.dropped.items():
-                _count(split.dropped, reason, n)
             parts.append(writer.close())
         else:
             parts.extend(_read_in_parallel(Path(spec).expanduser(), chunks, data, split, folder / f"{name}-{index}", processes))
     return (parts[0] if len(parts) == 1 else concatenate_datasets(parts)), split
-
-
-PARALLEL_READ_BYTES = 64 * 2**20  # a JSON-lines file this large is read by several processes
 
 
 def _parallel_chunks(spec: str) -> list[JsonlChunk] | None:
@@ -196,9 +196,7 @@ def _read_in_parallel(path: Path, chunks: list[JsonlChunk], data: DataConfig, sp
     pool = ProcessPoolExecutor(min(processes, len(chunks)), mp_context=multiprocessing.get_context("fork"))
     try:
         for rows, skipped in pool.map(_read_chunk, jobs):  # in file order: the first bad chunk raises first
-            split.rows += rows
-            for reason, n in skipped.items():
-                _count(split.dropped, reason, n)
+            split.add(rows, skipped)
     finally:
         pool.shutdown(cancel_futures=True)  # after an error, the chunks not started are not read
     return [Dataset.from_file(str(out)) for out in outputs]
@@ -237,9 +235,9 @@ class _EncodedBatch:
     ids: "np.ndarray"  # int32
     labels: "np.ndarray"  # int32, IGNORE_INDEX where no loss
     offsets: "np.ndarray"  # int32, one more than the rows
-    raw_length: list[int]  # tokens before truncation (0: dropped)
+    raw_length: list[int]  # tokens before truncation (0: not rendered); the report reads kept rows only
     supervised: list[int]  # labels that train (the first never does), after truncation
-    closed: list[int]  # every answer closed by an end-of-turn token: 1 / 0; -1 text or dropped
+    closed: list[int]  # every answer closed by an end-of-turn token: 1 / 0; -1 text or not rendered
     eot_id: list[int]  # the end-of-turn token's id; -1 none
     exact: list[bool]
     prefix_rendered: list[bool]  # its mask came from rendering each prefix (no slot layout: render.py)
@@ -268,16 +266,6 @@ class _Encoder:
                                 batch.raw_length[i], None if closed == -1 else bool(closed),
                                 None if eot_id == -1 else eot_id, batch.exact[i], batch.prefix_rendered[i],
                                 batch.supervised[i]))
-        return out
-
-    def encode(self, samples: list[Sample], dropped: dict[str, int]) -> list[_Encoded]:
-        """The kept samples; the others are counted in `dropped` by reason."""
-        out = []
-        for item in self.encode_each(samples):
-            if isinstance(item, str):
-                _count(dropped, item)
-            else:
-                out.append(item)
         return out
 
     def encode_batch(self, samples: list[Sample]) -> _EncodedBatch:
@@ -351,11 +339,8 @@ class _Encoder:
             source = np.arange(int(offsets[-1]), dtype=np.int64) + np.repeat(starts - offsets[:-1], kept_length)
             ids, mask = ids[source], mask[source]
         labels = np.where(mask, ids, np.int32(IGNORE_INDEX)).astype(np.int32, copy=False)
-        raw = raw_length.tolist()
-        supervised_list = supervised.tolist()
-        for i in np.flatnonzero(dropped).tolist():
-            raw[i], supervised_list[i], closed[i], eot_id[i], exact[i], prefix_rendered[i] = 0, 0, -1, -1, True, False
-        return _EncodedBatch(ids, labels, offsets, raw, supervised_list, closed, eot_id, exact, prefix_rendered, drop)
+        return _EncodedBatch(ids, labels, offsets, raw_length.tolist(), supervised.tolist(), closed, eot_id, exact,
+                             prefix_rendered, drop)
 
     def _layouts(self, samples: list[Sample]) -> list[tuple]:
         """Per conversation: (its segments and whether they are exact, or why it is dropped;

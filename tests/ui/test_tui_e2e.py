@@ -180,10 +180,12 @@ def test_submit_watch_cancel_quit(tmux_app, demo_workspace, tmp_path, size):
     tmux.keys("Space")
     tmux.wait_for("two runs marked", lambda t: "◆ 2 marked" in _flat(t), 30)
     tmux.keys("C")
-    # The footer is painted after the screen's first frame: wait for it too rather than catch the frame before.
+    # The footer is painted after the screen's first frame, and the settings panel is filled after the
+    # plot (a second message of the loader): wait for both rather than catch a frame before them.
     compare = tmux.wait_for("the Compare screen", lambda t: "Compare 2 runs" in t and "loss by step" in t
                             and "━ demo-2" in t and re.search(r"━ demo\s", t) is not None
-                            and HELP_KEY.search(footer(t)) is not None, 60)
+                            and HELP_KEY.search(footer(t)) is not None
+                            and ("none: the frozen presets agree" in t or "settings that differ (" in t), 60)
     assert "none: the frozen presets agree" in compare, "a retry runs the same preset"
     (tmp_path / "compare.txt").write_text(compare)
     tmux.keys("Escape")
